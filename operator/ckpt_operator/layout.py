@@ -1,0 +1,86 @@
+"""Names of things in a run's checkpoint store and in the Kubernetes API.
+
+One module owns every naming rule, so the SDK that writes checkpoints, the operator that scans
+and deletes them, and the kubectl plugin that resolves ``RUN/STEP`` always agree.
+
+Store layout under the run's root (``CKPT_STORE``)::
+
+    step-0000000200.attempt-1/          committed directory checkpoint (holds MANIFEST_NAME)
+    step-0000000200.attempt-1.tar       committed tar checkpoint (MANIFEST_NAME is a member)
+    .tmp.step-0000000300.attempt-2.<id> uncommitted work in progress; readers ignore it
+
+The step is zero-padded so a plain listing sorts by step; the attempt is part of the name so
+two attempts that both reach a step never collide.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+GROUP = "ckpt.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+FINALIZER = f"{GROUP}/storage-protection"
+
+LABEL_RUN = f"{GROUP}/run"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_STEP = f"{GROUP}/step"
+LABEL_CONSUMER_OF = f"{GROUP}/consumer-of"
+ANNOTATION_LOADED_STEP = f"{GROUP}/loaded-step"
+ANNOTATION_FORCE_DELETE = f"{GROUP}/force-delete"
+
+MANIFEST_NAME = "MANIFEST.json"
+TMP_PREFIX = ".tmp."
+TAR_SUFFIX = ".tar"
+
+Format = Literal["dir", "tar"]
+
+_COMMITTED = re.compile(r"^step-(?P<step>\d{10})\.attempt-(?P<attempt>\d+)(?P<tar>\.tar)?$")
+
+
+@dataclass(frozen=True)
+class CheckpointName:
+    """A committed checkpoint's identity as it appears in the store."""
+
+    step: int
+    attempt: int
+    format: Format
+
+    @property
+    def path(self) -> str:
+        """Path relative to the run's store root."""
+        base = f"step-{self.step:010d}.attempt-{self.attempt}"
+        return base + TAR_SUFFIX if self.format == "tar" else base
+
+    def object_name(self, run: str) -> str:
+        """Name of the Checkpoint object that records it."""
+        return checkpoint_object_name(run, self.step, self.attempt)
+
+
+def checkpoint_object_name(run: str, step: int, attempt: int) -> str:
+    return f"{run}-step-{step}-a{attempt}"
+
+
+def parse_committed(path: str) -> CheckpointName | None:
+    """The checkpoint a store entry names, or None for temporaries and foreign entries."""
+    match = _COMMITTED.match(path.rstrip("/").rsplit("/", 1)[-1])
+    if match is None:
+        return None
+    fmt: Format = "tar" if match["tar"] else "dir"
+    return CheckpointName(int(match["step"]), int(match["attempt"]), fmt)
+
+
+def is_temporary(path: str) -> bool:
+    return path.rstrip("/").rsplit("/", 1)[-1].startswith(TMP_PREFIX)
+
+
+def attempt_pod_name(run: str, attempt: int) -> str:
+    """Deterministic, so creating an attempt's pod twice is a harmless conflict."""
+    return f"{run}-attempt-{attempt}"
+
+
+def join_uri(root: str, path: str) -> str:
+    """The URI of ``path`` (relative, already validated) under the store root URI."""
+    return f"{root.rstrip('/')}/{path.lstrip('/')}"
