@@ -1,0 +1,204 @@
+"""Find or build the Kubernetes control-plane binaries the local control plane runs.
+
+No registry serves prebuilt Kubernetes binaries, so they are built from Go modules with the
+machine's Go toolchain. ``k8s.io/kubernetes`` cannot be ``go install``-ed: its go.mod replaces
+the staging modules (``k8s.io/api`` …) with local paths. A generated wrapper module requires it
+and replaces each staging module with the matching ``v0.X.Y`` tag instead. Binaries are cached
+per version, so only the first run pays for the build.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+KUBERNETES_VERSION = "1.34.4"
+# Tools whose own modules `go install` cleanly, at pinned versions.
+GO_INSTALLABLE = {
+    "kwok": "sigs.k8s.io/kwok/cmd/kwok@v0.7.0",
+    "helm": "helm.sh/helm/v3/cmd/helm@v3.22.0",
+    "kind": "sigs.k8s.io/kind@v0.33.0",
+}
+
+_KUBE_PACKAGES = {
+    "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+    "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+    "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+    # etcd's server module is already in the kubernetes module graph at the tested version.
+    "etcd": "go.etcd.io/etcd/server/v3",
+}
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kwok")
+ALL_BINARIES = (*_KUBE_PACKAGES, *GO_INSTALLABLE)
+
+
+class BinaryBuildError(RuntimeError):
+    """A control-plane binary could neither be found nor built."""
+
+
+def cache_dir(version: str = KUBERNETES_VERSION) -> Path:
+    """Per-version binary cache, ``$CKPT_OPERATOR_CACHE`` or the XDG cache directory."""
+    root = os.environ.get("CKPT_OPERATOR_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "ckpt-operator"
+    )
+    return Path(root) / "k8s" / f"v{version}"
+
+
+def _candidates(name: str, version: str) -> Iterator[Path]:
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets:
+        yield Path(assets) / name
+    on_path = shutil.which(name)
+    if on_path:
+        yield Path(on_path)
+    yield cache_dir(version) / name
+
+
+def find_binary(name: str, version: str = KUBERNETES_VERSION) -> Path | None:
+    """The first executable named ``name`` in KUBEBUILDER_ASSETS, PATH or the cache."""
+    for path in _candidates(name, version):
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def ensure_binaries(
+    names: Iterable[str] = CONTROL_PLANE, version: str = KUBERNETES_VERSION
+) -> dict[str, Path]:
+    """Return a path for every binary in ``names``, building the missing ones (cached)."""
+    names = list(names)
+    unknown = set(names) - set(ALL_BINARIES)
+    if unknown:
+        raise ValueError(f"unknown binaries {sorted(unknown)}; known: {list(ALL_BINARIES)}")
+    found = {name: find_binary(name, version) for name in names}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        with _build_lock(cache_dir(version)):
+            # Another process may have built them while we waited for the lock.
+            missing = [name for name in missing if find_binary(name, version) is None]
+            if missing:
+                _build(missing, version)
+        found = {name: find_binary(name, version) for name in names}
+    result: dict[str, Path] = {}
+    for name, path in found.items():
+        if path is None:
+            raise BinaryBuildError(f"{name}: built but not found in {cache_dir(version)}")
+        result[name] = path
+    return result
+
+
+@contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _go() -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise BinaryBuildError(
+            "the Go toolchain is needed to build kube-apiserver/etcd (none on PATH); install Go, "
+            "or point KUBEBUILDER_ASSETS at a directory holding the binaries"
+        )
+    return go
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    log.info("running %s", " ".join(args))
+    proc = subprocess.run(
+        args, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise BinaryBuildError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def _build(names: list[str], version: str) -> None:
+    out = cache_dir(version)
+    started = time.monotonic()
+    kube = [name for name in names if name in _KUBE_PACKAGES]
+    if kube:
+        _build_kube(kube, version, out)
+    for name in names:
+        if name in GO_INSTALLABLE:
+            _run(
+                [_go(), "install", "-trimpath", GO_INSTALLABLE[name]],
+                cwd=out,
+                env={"GOBIN": str(out), "CGO_ENABLED": "0"},
+            )
+    log.info("built %s in %.0f s into %s", names, time.monotonic() - started, out)
+
+
+def _staging_modules(version: str, workdir: Path) -> list[str]:
+    """The ``k8s.io/*`` modules kubernetes' go.mod replaces with ./staging paths."""
+    info = json.loads(
+        _run([_go(), "mod", "download", "-json", f"k8s.io/kubernetes@v{version}"], cwd=workdir)
+    )
+    gomod = Path(info["GoMod"]).read_text()
+    return sorted(set(re.findall(r"^\s*(k8s\.io/[\w.-]+)\s*=>\s*\./staging/", gomod, re.M)))
+
+
+def _build_kube(names: list[str], version: str, out: Path) -> None:
+    work = out / "wrapper"
+    work.mkdir(parents=True, exist_ok=True)
+    staging = _staging_modules(version, work)
+    minor_tag = "v0." + version.split(".", 1)[1]
+    replaces = "\n".join(f"\t{mod} => {mod} {minor_tag}" for mod in staging)
+    (work / "go.mod").write_text(
+        f"module ckpt-operator.local/k8sbuild\n\ngo 1.24\n\n"
+        f"require k8s.io/kubernetes v{version}\n\nreplace (\n{replaces}\n)\n"
+    )
+    imports = "\n".join(f'\t_ "{pkg}"' for pkg in _KUBE_PACKAGES.values())
+    (work / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
+    _run([_go(), "mod", "tidy"], cwd=work)
+    major, minor, _ = version.split(".")
+    ldflags = [
+        f"-X 'k8s.io/{pkg}.{key}={val}'"
+        for pkg in ("component-base/version", "client-go/pkg/version")
+        for key, val in {
+            "gitVersion": f"v{version}",
+            "gitMajor": major,
+            "gitMinor": minor,
+            "gitTreeState": "clean",
+            "buildDate": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }.items()
+    ]
+    for name in names:
+        _run(
+            [
+                _go(),
+                "build",
+                "-trimpath",
+                "-ldflags",
+                " ".join(["-s", "-w", *ldflags]),
+                "-o",
+                str(out / name),
+                _KUBE_PACKAGES[name],
+            ],
+            cwd=work,
+            env={"CGO_ENABLED": "0"},
+        )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    started = time.monotonic()
+    for binary, location in ensure_binaries([*CONTROL_PLANE, "helm", *sys.argv[1:]]).items():
+        print(f"{binary:<24} {location}")
+    print(f"control-plane binaries ready in {time.monotonic() - started:.1f} s")

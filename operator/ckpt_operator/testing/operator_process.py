@@ -1,0 +1,96 @@
+"""The operator as a real child process, so tests can SIGKILL it at any instant (invariant 4)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from ckpt_operator.testing.controlplane import ControlPlaneError, free_port, http_ok
+
+
+class OperatorProcess:
+    """``python -m ckpt_operator run`` against a kubeconfig, started and killed on demand."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        *,
+        namespaces: Sequence[str] = (),
+        allowed_roots: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.namespaces = list(namespaces)
+        self.allowed_roots = list(allowed_roots)
+        self.extra_args = list(extra_args)
+        self.metrics_port = 0
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def __enter__(self) -> OperatorProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start and wait until Kopf's liveness endpoint answers."""
+        liveness_port, self.metrics_port = free_port(), free_port()
+        args = [sys.executable, "-m", "ckpt_operator", "run", f"--metrics-port={self.metrics_port}"]
+        args += [f"--liveness=http://127.0.0.1:{liveness_port}/healthz", *self.extra_args]
+        args += [f"--namespace={ns}" for ns in self.namespaces]
+        args += [f"--allowed-root={root}" for root in self.allowed_roots]
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._popen = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._popen.poll() is not None:
+                raise ControlPlaneError(f"operator exited early; log: {self.log_path}")
+            if http_ok(f"http://127.0.0.1:{liveness_port}/healthz"):
+                return
+            time.sleep(0.1)
+        raise ControlPlaneError(f"operator not live after {timeout:.0f} s; log: {self.log_path}")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no graceful shutdown, like a node dying."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, signum: int) -> None:
+        if self._popen is not None and self._popen.poll() is None:
+            os.killpg(self._popen.pid, signum)
+            try:
+                self._popen.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._popen.pid, signal.SIGKILL)
+                self._popen.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,0 +1,1 @@
+pytest_plugins = ["ckpt_operator.testing.pytest_plugin"]
