@@ -1,0 +1,115 @@
+"""The ``ckpt-operator`` command: run the operator, generate CRDs, a local dev control plane."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ckpt_operator import crdgen
+
+app = typer.Typer(
+    help="ckpt-operator: resume training from the newest valid checkpoint; delete storage safely.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+dev = typer.Typer(help="A local control plane (etcd + kube-apiserver) for development.")
+app.add_typer(dev, name="dev")
+console = Console(stderr=True)
+
+
+def _split_env(name: str) -> list[str]:
+    return [item for item in os.environ.get(name, "").split(",") if item]
+
+
+@app.command()
+def run(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch only these namespaces.")
+    ] = None,
+    allowed_root: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-root",
+            help="Store URI prefix runs may use (repeatable). Env: CKPT_ALLOWED_ROOTS, a,b,c.",
+        ),
+    ] = None,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus port; 0 disables.")] = 8000,
+    liveness: Annotated[
+        str, typer.Option(help="Liveness endpoint URL; empty disables.")
+    ] = "http://0.0.0.0:8080/healthz",
+    peering: Annotated[
+        str | None, typer.Option(help="KopfPeering name for hot-standby replicas.")
+    ] = None,
+) -> None:
+    """Run the operator against the cluster in KUBECONFIG or the in-cluster service account."""
+    from ckpt_operator import operator
+    from ckpt_operator.config import OperatorConfig
+
+    config = OperatorConfig(
+        allowed_roots=tuple(allowed_root or _split_env("CKPT_ALLOWED_ROOTS")),
+        metrics_port=metrics_port or None,
+        namespaces=tuple(namespace or ()),
+    )
+    operator.run(config, liveness_endpoint=liveness or None, peering=peering)
+
+
+@app.command()
+def crds(
+    check: Annotated[bool, typer.Option(help="Fail if the committed YAML differs.")] = False,
+    repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
+) -> None:
+    """Write crds/*.yaml and the chart's copy from the pydantic models."""
+    if check:
+        stale = [
+            path
+            for path, text in crdgen.targets(repo).items()
+            if not path.exists() or path.read_text() != text
+        ]
+        if stale:
+            console.print(f"[red]out of date:[/red] {', '.join(map(str, stale))}")
+            console.print("run: ckpt-operator crds")
+            raise typer.Exit(1)
+        console.print("CRDs up to date")
+        return
+    for path in crdgen.write(repo):
+        console.print(f"wrote {path}")
+
+
+@dev.command("up")
+def dev_up(
+    directory: Annotated[Path | None, typer.Option("--dir", help="State directory.")] = None,
+    kwok: Annotated[bool, typer.Option(help="Also run kwok (fake nodes).")] = False,
+) -> None:
+    """Start etcd, kube-apiserver and the garbage collector in the background, CRDs installed."""
+    from ckpt_operator.testing import devserver
+
+    state = devserver.start(directory or devserver.default_dir(), kwok=kwok)
+    console.print(
+        f"control plane up at {state.server} (pid {state.pid}); stop: ckpt-operator dev down"
+    )
+    typer.echo(f"export KUBECONFIG={state.kubeconfig}")
+
+
+@dev.command("down")
+def dev_down(
+    directory: Annotated[Path | None, typer.Option("--dir", help="State directory.")] = None,
+) -> None:
+    """Stop the control plane started by ``dev up``."""
+    from ckpt_operator.testing import devserver
+
+    if devserver.stop(directory or devserver.default_dir()):
+        console.print("control plane stopped")
+    else:
+        console.print("no control plane was running")
+
+
+@app.command()
+def demo() -> None:
+    """Local control plane + operator + examples/, then `kubectl get tr,ckpt`; stops everything."""
+    from ckpt_operator import demo as demo_module
+
+    raise typer.Exit(demo_module.main())

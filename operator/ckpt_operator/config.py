@@ -1,0 +1,18 @@
+"""Operator configuration, given on the command line (or the Helm chart's values)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Settings every handler reads through ``memo.config``.
+
+    ``allowed_roots`` are the store URI prefixes a TrainingRun may use (invariant 5); empty means
+    no run's store is accepted, so a misconfigured operator fails closed.
+    """
+
+    allowed_roots: tuple[str, ...] = ()
+    metrics_port: int | None = 8000
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
