@@ -1,0 +1,44 @@
+# The two entry points are `make demo` and `make test`; both set everything up themselves.
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= torch,test
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint unit integration crds binaries clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+## demo: local control plane + operator + examples/, prints `kubectl get tr,ckpt`, stops all
+demo: $(VENV)/.installed
+	$(BIN)/ckpt-operator demo
+
+## test: lint, then every test tier (the e2e tier skips without a Docker engine)
+test: lint binaries
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/ckpt-operator crds --check
+
+## binaries: build (first run, cached) or find kube-apiserver, etcd, controller-manager, kwok
+binaries: $(VENV)/.installed
+	$(BIN)/python -m ckpt_operator.testing.binaries
+
+unit: $(VENV)/.installed
+	$(BIN)/python -m pytest tests/unit tests/sdk
+
+integration: binaries
+	$(BIN)/python -m pytest -m integration
+
+## crds: regenerate crds/ and the chart's copy from the pydantic models
+crds: $(VENV)/.installed
+	$(BIN)/ckpt-operator crds
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
