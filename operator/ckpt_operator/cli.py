@@ -88,9 +88,7 @@ def dev_up(
     from ckpt_operator.testing import devserver
 
     state = devserver.start(directory or devserver.default_dir(), kwok=kwok)
-    console.print(
-        f"control plane up at {state.server} (pid {state.pid}); stop: ckpt-operator dev down"
-    )
+    console.print(f"control plane up at {state.server}; stop it with: ckpt-operator dev down")
     typer.echo(f"export KUBECONFIG={state.kubeconfig}")
 
 
