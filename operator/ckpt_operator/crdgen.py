@@ -90,7 +90,8 @@ def structural(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON schema rewritten into a Kubernetes structural schema."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
-    return _rewrite(raw, defs)
+    schema: dict[str, Any] = _rewrite(raw, defs)
+    return schema
 
 
 def _rewrite(node: Any, defs: dict[str, Any]) -> Any:

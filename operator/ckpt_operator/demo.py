@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -30,9 +31,10 @@ def _handled_everything(kubeconfig: Path) -> bool:
     from kubernetes import client
 
     with api_client(kubeconfig) as api:
-        runs = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        listed: Any = client.CustomObjectsApi(api).list_namespaced_custom_object(
             layout.GROUP, layout.VERSION, NAMESPACE, "trainingruns"
-        )["items"]
+        )
+        runs = listed["items"]
     return bool(runs) and all((run.get("status") or {}).get("phase") for run in runs)
 
 

@@ -352,7 +352,8 @@ def install_crds(
     if not documents:
         return
     with api_client(kubeconfig) as api:
-        crds = client.ApiextensionsV1Api(api)
+        # The client accepts plain dicts at runtime; its annotations only name model classes.
+        crds: Any = client.ApiextensionsV1Api(api)
         for doc in documents:
             try:
                 crds.create_custom_resource_definition(doc)
