@@ -14,8 +14,15 @@ from typing import Any
 import pytest
 
 from ckpt_operator import crdgen
+from ckpt_operator.testing.binaries import ensure_binaries
 from ckpt_operator.testing.controlplane import ControlPlane, api_client
 from ckpt_operator.testing.operator_process import OperatorProcess
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing binaries before any test runs, outside every per-test timeout."""
+    if any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
+        ensure_binaries()
 
 
 @pytest.fixture(scope="session")
