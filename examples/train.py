@@ -1,0 +1,68 @@
+"""A tiny but real trainer using the SDK: restore, train, checkpoint, fail on purpose.
+
+Inside a TrainingRun the operator sets ``CKPT_*``; locally only ``CKPT_STORE`` is needed::
+
+    CKPT_STORE=file:///tmp/ckpt-demo FAIL_AT_STEP=70 python examples/train.py   # dies at 70
+    CKPT_STORE=file:///tmp/ckpt-demo python examples/train.py                   # resumes at 60
+
+Environment: ``TOTAL_STEPS`` (200), ``SAVE_EVERY`` (20), ``EXPORT_EVERY`` (0 = never; weights
+for inference), ``FAIL_AT_STEP`` (exit with ``FAIL_EXIT_CODE``, default 1, before that step).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import torch
+from torch import nn
+
+from ckpt_operator.sdk import CheckpointManager
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    total, every = _env_int("TOTAL_STEPS", 200), _env_int("SAVE_EVERY", 20)
+    export_every, fail_at = _env_int("EXPORT_EVERY", 0), _env_int("FAIL_AT_STEP", -1)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    data = torch.Generator().manual_seed(1234)
+    x = torch.randn(4096, 16, generator=data)
+    y = (x @ torch.randn(16, 1, generator=data)).tanh()
+
+    with CheckpointManager.from_env() as ckpt:
+        step = ckpt.restore(model=model, optimizer=optimizer, scheduler=scheduler) or 0
+        logging.info("starting at step %d (attempt %d)", step, ckpt.attempt)
+        while step < total:
+            if step + 1 == fail_at:
+                logging.error("FAIL_AT_STEP=%d: exiting to demonstrate a restart", fail_at)
+                return _env_int("FAIL_EXIT_CODE", 1)
+            rows = torch.randint(0, len(x), (64,))
+            loss = nn.functional.mse_loss(model(x[rows]), y[rows])
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if step % every == 0 or step == total:
+                ckpt.save(step, model=model, optimizer=optimizer, scheduler=scheduler,
+                          metrics={"loss": loss.item()}, blocking=False)
+                logging.info("step %d loss %.5f: checkpoint queued", step, loss.item())
+            if export_every and step % export_every == 0:
+                ckpt.wait()  # one step's full and weights checkpoints share a name: see README
+                ckpt.export_weights(model, step, config={"layers": [16, 64, 1]})
+        ckpt.wait()
+    logging.info("finished %d steps, final loss %.5f", total, loss.item())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

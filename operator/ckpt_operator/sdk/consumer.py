@@ -1,0 +1,155 @@
+"""The inference side: find the newest Ready weights, load them, report what was loaded.
+
+The operator will not delete a checkpoint a live consumer has not moved past, so a consumer
+reports each step it has loaded through its own pod's ``ckpt.dev/loaded-step`` annotation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ckpt_operator.layout import ANNOTATION_LOADED_STEP, Format, parse_committed
+from ckpt_operator.manifest import scan
+from ckpt_operator.sdk.manager import Stateful
+from ckpt_operator.sdk.registry import KubeRegistry, Registry
+from ckpt_operator.sdk.safetar import safe_extract
+from ckpt_operator.sdk.state import CONFIG_FILE, MODEL_FILE, load_tensors, read_files
+from ckpt_operator.storage import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """A weights checkpoint, by its path relative to the store root."""
+
+    step: int
+    attempt: int
+    path: str
+    format: Format
+
+
+class Consumer:
+    """Loads a run's exported weights; ``registry=None`` falls back to scanning the store."""
+
+    def __init__(
+        self,
+        store: str | Store,
+        *,
+        run: str,
+        pod: str | None = None,
+        registry: Registry | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.store = (
+            store
+            if isinstance(store, Store)
+            else Store.from_uri(store, storage_options=storage_options)
+        )
+        self.run = run
+        self.pod = pod
+        self.registry = registry
+        self.config: dict[str, Any] = {}
+        """``config.json`` of the weights :meth:`load_weights` loaded last."""
+        self._warned = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Consumer:
+        """``CKPT_STORE``, ``CKPT_RUN``; the pod from the downward API (``POD_NAME``, else
+        ``HOSTNAME``) in ``POD_NAMESPACE`` (else ``CKPT_NAMESPACE``)."""
+        env = os.environ if env is None else env
+        missing = [k for k in ("CKPT_STORE", "CKPT_RUN") if not env.get(k)]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} not set: the consumer cannot find its run")
+        namespace = env.get("POD_NAMESPACE") or env.get("CKPT_NAMESPACE")
+        kwargs: dict[str, Any] = {
+            "run": env["CKPT_RUN"],
+            "pod": env.get("POD_NAME") or env.get("HOSTNAME"),
+        }
+        if namespace and "registry" not in overrides:
+            kwargs["registry"] = KubeRegistry.connect(namespace)
+        kwargs.update(overrides)
+        return cls(env["CKPT_STORE"], **kwargs)
+
+    def latest(self) -> WeightsRef | None:
+        """The Ready weights checkpoint with the greatest step, or None."""
+        if self.registry is None:
+            return self._scan_latest()
+        best: WeightsRef | None = None
+        for obj in self.registry.list_checkpoints(self.run):
+            spec, status = obj.get("spec", {}), obj.get("status") or {}
+            if status.get("phase") != "Ready" or spec.get("kind") != "weights":
+                continue
+            name = parse_committed(str(spec.get("path", "")))
+            if name is None or spec.get("run") != self.run:
+                continue
+            ref = WeightsRef(name.step, name.attempt, name.path, name.format)
+            if best is None or (ref.step, ref.attempt) > (best.step, best.attempt):
+                best = ref
+        return best
+
+    def _scan_latest(self) -> WeightsRef | None:
+        """Without a cluster: the newest committed weights checkpoint whose sizes check out."""
+        names = [n for n in map(parse_committed, self.store.list_entries()) if n is not None]
+        for name in sorted(names, key=lambda n: (n.step, n.attempt), reverse=True):
+            try:
+                manifest, _ = scan(self.store, name.path, checksums=False)
+            except Exception as exc:
+                log.debug("skipping %s: %s", name.path, exc)
+                continue
+            if manifest.kind == "weights":
+                return WeightsRef(name.step, name.attempt, name.path, name.format)
+        return None
+
+    def _resolve(self, ref: WeightsRef | None) -> WeightsRef:
+        ref = ref or self.latest()
+        if ref is None:
+            raise LookupError(f"run {self.run!r} has no Ready weights checkpoint")
+        return ref
+
+    def load_weights(
+        self, ref: WeightsRef | None = None, *, model: Stateful | None = None, verify: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Read (and verify) ``ref``, default :meth:`latest`; load into ``model`` if given."""
+        ref = self._resolve(ref)
+        _, buffers = read_files(self.store, ref.path, verify=verify)
+        tensors = load_tensors(buffers[MODEL_FILE], f"{ref.path}/{MODEL_FILE}")
+        config = buffers.get(CONFIG_FILE)
+        self.config = json.loads(config.numpy().tobytes()) if config is not None else {}
+        if model is not None:
+            model.load_state_dict(tensors)
+        return tensors
+
+    def fetch(self, dest: str, ref: WeightsRef | None = None) -> WeightsRef:
+        """Verify ``ref`` and materialise it as a plain local directory an inference server
+        can load (tars are extracted safely)."""
+        ref = self._resolve(ref)
+        manifest, _ = scan(self.store, ref.path, checksums=True)
+        os.makedirs(dest, exist_ok=True)
+        if ref.format == "tar":
+            with self.store.open(ref.path) as f:
+                safe_extract(f, dest)
+        else:
+            for entry in manifest.files:
+                target = os.path.join(dest, entry.path)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with self.store.open(f"{ref.path}/{entry.path}") as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out, 16 << 20)
+        return ref
+
+    def report_loaded(self, step: int) -> bool:
+        """Annotate this pod with the step it serves; False (logged once) when it cannot."""
+        if self.registry is None or not self.pod:
+            if not self._warned:
+                self._warned = True
+                log.warning("cannot report the loaded step: no Kubernetes access or pod name")
+            return False
+        return self.registry.annotate_pod(self.pod, {ANNOTATION_LOADED_STEP: str(step)})

@@ -1,0 +1,202 @@
+"""Every Kubernetes call the SDK makes, behind a small interface tests can fake.
+
+All calls are best effort: training must never stop because the API server is unreachable
+or the pod's service account lacks a permission. The operator scans the store and registers
+what it finds, so a registration lost here loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ckpt_operator.layout import (
+    API_VERSION,
+    GROUP,
+    LABEL_ATTEMPT,
+    LABEL_RUN,
+    LABEL_STEP,
+    VERSION,
+    Format,
+    Kind,
+    checkpoint_object_name,
+)
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_S = 10
+_MERGE_PATCH = "application/merge-patch+json"
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """What the SDK knows about a checkpoint it just committed."""
+
+    run: str
+    step: int
+    attempt: int
+    path: str
+    format: Format
+    kind: Kind
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def object_name(self) -> str:
+        return checkpoint_object_name(self.run, self.step, self.attempt, self.kind)
+
+
+def checkpoint_body(record: CheckpointRecord, owner_uid: str | None) -> dict[str, Any]:
+    """The Checkpoint object for ``record``, owned by its TrainingRun when the uid is known."""
+    metadata: dict[str, Any] = {
+        "name": record.object_name,
+        "labels": {
+            LABEL_RUN: record.run,
+            LABEL_ATTEMPT: str(record.attempt),
+            LABEL_STEP: str(record.step),
+        },
+    }
+    if owner_uid:
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": API_VERSION,
+                "kind": "TrainingRun",
+                "name": record.run,
+                "uid": owner_uid,
+                "controller": True,
+            }
+        ]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Checkpoint",
+        "metadata": metadata,
+        "spec": {
+            "run": record.run,
+            "step": record.step,
+            "attempt": record.attempt,
+            "path": record.path,
+            "format": record.format,
+            "kind": record.kind,
+            "metrics": {k: float(v) for k, v in record.metrics.items()},
+        },
+    }
+
+
+class Registry(Protocol):
+    """What the SDK asks of the cluster; :class:`KubeRegistry` is the real one."""
+
+    def register(self, record: CheckpointRecord) -> None: ...
+
+    def mark_invalid(self, object_name: str, reason: str) -> None: ...
+
+    def list_checkpoints(self, run: str) -> list[dict[str, Any]]: ...
+
+    def annotate_pod(self, pod: str, annotations: Mapping[str, str]) -> bool: ...
+
+
+class KubeRegistry:
+    """:class:`Registry` on the synchronous ``kubernetes`` client, in one namespace."""
+
+    def __init__(self, namespace: str, custom_api: Any, core_api: Any) -> None:
+        self.namespace = namespace
+        self._custom = custom_api
+        self._core = core_api
+        self._owner_uid: dict[str, str | None] = {}
+        self._warned: set[str] = set()
+
+    @classmethod
+    def connect(cls, namespace: str) -> KubeRegistry | None:
+        """In-cluster config, else the kubeconfig; None (logged once) when neither loads."""
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call, unused-ignore]
+        except config.ConfigException:
+            try:
+                config.load_kube_config()  # type: ignore[no-untyped-call, unused-ignore]
+            except Exception as exc:  # no kubeconfig, unreadable or incomplete: all the same
+                log.info("no Kubernetes configuration (%s); checkpoints are not registered", exc)
+                return None
+        return cls(namespace, client.CustomObjectsApi(), client.CoreV1Api())
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        status = getattr(exc, "status", None)
+        if what not in self._warned:
+            self._warned.add(what)
+            hint = " (the service account may not)" if status in (401, 403) else ""
+            log.warning(
+                "%s failed%s: %s; relying on the operator's store scan (logged once)",
+                what,
+                hint,
+                getattr(exc, "reason", None) or exc,
+            )
+
+    def _run_uid(self, run: str) -> str | None:
+        if run not in self._owner_uid:
+            try:
+                obj = self._custom.get_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    "trainingruns",
+                    run,
+                    _request_timeout=TIMEOUT_S,
+                )
+                self._owner_uid[run] = obj["metadata"]["uid"]
+            except Exception as exc:
+                self._failed("reading the TrainingRun for the owner reference", exc)
+                self._owner_uid[run] = None
+        return self._owner_uid[run]
+
+    def register(self, record: CheckpointRecord) -> None:
+        body = checkpoint_body(record, self._run_uid(record.run))
+        try:
+            self._custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, "checkpoints", body, _request_timeout=TIMEOUT_S
+            )
+        except Exception as exc:
+            if getattr(exc, "status", None) != 409:  # 409: already registered (by the scan)
+                self._failed("registering Checkpoint objects", exc)
+
+    def mark_invalid(self, object_name: str, reason: str) -> None:
+        try:
+            self._custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                self.namespace,
+                "checkpoints",
+                object_name,
+                {"status": {"phase": "Invalid", "message": reason}},
+                _content_type=_MERGE_PATCH,
+                _request_timeout=TIMEOUT_S,
+            )
+        except Exception as exc:
+            if getattr(exc, "status", None) not in (403, 404):
+                self._failed("marking a Checkpoint Invalid", exc)
+
+    def list_checkpoints(self, run: str) -> list[dict[str, Any]]:
+        result = self._custom.list_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            self.namespace,
+            "checkpoints",
+            label_selector=f"{LABEL_RUN}={run}",
+            _request_timeout=TIMEOUT_S,
+        )
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    def annotate_pod(self, pod: str, annotations: Mapping[str, str]) -> bool:
+        try:
+            self._core.patch_namespaced_pod(
+                pod,
+                self.namespace,
+                {"metadata": {"annotations": dict(annotations)}},
+                _content_type=_MERGE_PATCH,
+                _request_timeout=TIMEOUT_S,
+            )
+        except Exception as exc:
+            log.warning("annotating pod %s/%s failed: %s", self.namespace, pod, exc)
+            return False
+        return True

@@ -1,0 +1,94 @@
+"""Weights export and the consumer side: find, verify, load, materialise, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+
+import torch
+from safetensors.torch import load_file
+
+from ckpt_operator.layout import ANNOTATION_LOADED_STEP
+from ckpt_operator.sdk import CheckpointManager, Consumer
+from ckpt_operator.storage import Store
+
+
+class FakeRegistry:
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+        self.annotations: list[tuple[str, dict[str, str]]] = []
+
+    def register(self, record: Any) -> None: ...
+
+    def mark_invalid(self, object_name: str, reason: str) -> None: ...
+
+    def list_checkpoints(self, run: str) -> list[dict[str, Any]]:
+        return self.items
+
+    def annotate_pod(self, pod: str, annotations: Any) -> bool:
+        self.annotations.append((pod, dict(annotations)))
+        return True
+
+
+def _obj(step: int, kind: str, phase: str, run: str = "r", fmt: str = "dir") -> dict[str, Any]:
+    path = f"step-{step:010d}.attempt-1" + (".tar" if fmt == "tar" else "")
+    return {
+        "spec": {"run": run, "step": step, "attempt": 1, "path": path, "kind": kind, "format": fmt},
+        "status": {"phase": phase},
+    }
+
+
+@pytest.mark.parametrize("fmt", ["dir", "tar"])
+def test_export_load_and_fetch(any_store: Store, fmt: str, tmp_path: Path) -> None:
+    trainer = CheckpointManager(any_store, run="r", attempt=1, format=fmt)  # type: ignore[arg-type]
+    model = torch.nn.Linear(16, 4)
+    trainer.save(5, model=model)  # a full checkpoint: not for consumers
+    trainer.export_weights(model, 10, config={"hidden": 16})
+    consumer = Consumer(any_store, run="r")  # no cluster: falls back to a store scan
+    ref = consumer.latest()
+    assert ref is not None and (ref.step, ref.format) == (10, fmt)
+    fresh = torch.nn.Linear(16, 4)
+    consumer.load_weights(ref, model=fresh)
+    assert torch.equal(fresh.weight, model.weight) and consumer.config == {"hidden": 16}
+
+    dest = tmp_path / "served"
+    consumer.fetch(str(dest))
+    assert json.loads((dest / "config.json").read_text()) == {"hidden": 16}
+    weights = load_file(str(dest / "model.safetensors"))  # what an inference server does
+    assert torch.equal(weights["weight"], model.weight)
+
+
+def test_latest_uses_ready_weights_objects(file_store: Store) -> None:
+    registry = FakeRegistry(
+        [
+            _obj(30, "full", "Ready"),
+            _obj(25, "weights", "Pending"),
+            _obj(20, "weights", "Ready"),
+            _obj(40, "weights", "Ready", run="other"),
+            _obj(15, "weights", "Invalid"),
+            _obj(10, "weights", "Ready", fmt="tar"),
+        ]
+    )
+    ref = Consumer(file_store, run="r", registry=registry).latest()
+    assert ref is not None and (ref.step, ref.path) == (20, "step-0000000020.attempt-1")
+    assert Consumer(file_store, run="r", registry=FakeRegistry([])).latest() is None
+
+
+def test_report_loaded_and_env(file_store: Store, tmp_path: Path) -> None:
+    registry = FakeRegistry([])
+    env = {"CKPT_STORE": file_store.root_uri, "CKPT_RUN": "r", "HOSTNAME": "pod-h"}
+    consumer = Consumer.from_env(env, registry=registry)
+    assert consumer.pod == "pod-h"
+    assert Consumer.from_env({**env, "POD_NAME": "pod-p"}, registry=registry).pod == "pod-p"
+    assert consumer.report_loaded(20)
+    assert registry.annotations == [("pod-h", {ANNOTATION_LOADED_STEP: "20"})]
+    assert not Consumer(file_store, run="r").report_loaded(20)  # no cluster: logged, False
+    with pytest.raises(LookupError, match="no Ready weights"):
+        Consumer(file_store, run="r").load_weights()
+    with pytest.raises(ValueError, match="CKPT_RUN"):
+        Consumer.from_env({"CKPT_STORE": "file:///x"})

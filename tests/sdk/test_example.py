@@ -1,0 +1,41 @@
+"""examples/train.py runs without a cluster, fails where told and resumes after."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train.py"
+
+
+def test_example_fails_then_resumes(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "CKPT_STORE": f"file://{tmp_path}/run",
+        "TOTAL_STEPS": "60",
+        "SAVE_EVERY": "20",
+        "FAIL_AT_STEP": "50",
+        "FAIL_EXIT_CODE": "3",
+    }
+    env.pop("KUBECONFIG", None)
+    first = subprocess.run(
+        [sys.executable, str(EXAMPLE)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert first.returncode == 3, first.stderr
+    assert sorted(os.listdir(tmp_path / "run")) == [
+        "step-0000000020.attempt-0",
+        "step-0000000040.attempt-0",
+    ]
+    env.pop("FAIL_AT_STEP")
+    second = subprocess.run(
+        [sys.executable, str(EXAMPLE)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode == 0, second.stderr
+    assert "starting at step 40" in second.stderr
+    assert "step-0000000060.attempt-0" in os.listdir(tmp_path / "run")
