@@ -5,12 +5,14 @@ and deletes them, and the kubectl plugin that resolves ``RUN/STEP`` always agree
 
 Store layout under the run's root (``CKPT_STORE``)::
 
-    step-0000000200.attempt-1/          committed directory checkpoint (holds MANIFEST_NAME)
-    step-0000000200.attempt-1.tar       committed tar checkpoint (MANIFEST_NAME is a member)
+    step-0000000200.attempt-1/          committed full directory checkpoint (holds MANIFEST_NAME)
+    step-0000000200.attempt-1.tar       committed full tar checkpoint (MANIFEST_NAME is a member)
+    weights-0000000200.attempt-1/       committed weights-only export for inference
     .tmp.step-0000000300.attempt-2.<id> uncommitted work in progress; readers ignore it
 
-The step is zero-padded so a plain listing sorts by step; the attempt is part of the name so
-two attempts that both reach a step never collide.
+The step is zero-padded so a plain listing sorts by step; the attempt and the kind are part of
+the name so two attempts that both reach a step, or a full save and a weights export of the
+same step, never collide.
 """
 
 from __future__ import annotations
@@ -36,8 +38,12 @@ TMP_PREFIX = ".tmp."
 TAR_SUFFIX = ".tar"
 
 Format = Literal["dir", "tar"]
+Kind = Literal["full", "weights"]
 
-_COMMITTED = re.compile(r"^step-(?P<step>\d{10})\.attempt-(?P<attempt>\d+)(?P<tar>\.tar)?$")
+_PREFIX: dict[Kind, str] = {"full": "step", "weights": "weights"}
+_COMMITTED = re.compile(
+    r"^(?P<prefix>step|weights)-(?P<step>\d{10})\.attempt-(?P<attempt>\d+)(?P<tar>\.tar)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -47,20 +53,25 @@ class CheckpointName:
     step: int
     attempt: int
     format: Format
+    kind: Kind = "full"
 
     @property
     def path(self) -> str:
         """Path relative to the run's store root."""
-        base = f"step-{self.step:010d}.attempt-{self.attempt}"
+        base = f"{_PREFIX[self.kind]}-{self.step:010d}.attempt-{self.attempt}"
         return base + TAR_SUFFIX if self.format == "tar" else base
 
     def object_name(self, run: str) -> str:
         """Name of the Checkpoint object that records it."""
-        return checkpoint_object_name(run, self.step, self.attempt)
+        return checkpoint_object_name(run, self.step, self.attempt, self.kind)
+
+    def temporary_path(self, unique: str) -> str:
+        """Where it is written before the commit; ``unique`` keeps concurrent writers apart."""
+        return f"{TMP_PREFIX}{self.path}.{unique}"
 
 
-def checkpoint_object_name(run: str, step: int, attempt: int) -> str:
-    return f"{run}-step-{step}-a{attempt}"
+def checkpoint_object_name(run: str, step: int, attempt: int, kind: Kind = "full") -> str:
+    return f"{run}-{_PREFIX[kind]}-{step}-a{attempt}"
 
 
 def parse_committed(path: str) -> CheckpointName | None:
@@ -69,7 +80,8 @@ def parse_committed(path: str) -> CheckpointName | None:
     if match is None:
         return None
     fmt: Format = "tar" if match["tar"] else "dir"
-    return CheckpointName(int(match["step"]), int(match["attempt"]), fmt)
+    kind: Kind = "weights" if match["prefix"] == "weights" else "full"
+    return CheckpointName(int(match["step"]), int(match["attempt"]), fmt, kind)
 
 
 def is_temporary(path: str) -> bool:
