@@ -6,7 +6,8 @@ Inside a TrainingRun the operator sets ``CKPT_*``; locally only ``CKPT_STORE`` i
     CKPT_STORE=file:///tmp/ckpt-demo python examples/train.py                   # resumes at 60
 
 Environment: ``TOTAL_STEPS`` (200), ``SAVE_EVERY`` (20), ``EXPORT_EVERY`` (0 = never; weights
-for inference), ``FAIL_AT_STEP`` (exit with ``FAIL_EXIT_CODE``, default 1, before that step).
+for inference), ``FAIL_AT_STEP`` (exit with ``FAIL_EXIT_CODE``, default 1, before that step, in
+attempt ``FAIL_ON_ATTEMPT`` only, default 0, so the next attempt can finish).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     total, every = _env_int("TOTAL_STEPS", 200), _env_int("SAVE_EVERY", 20)
     export_every, fail_at = _env_int("EXPORT_EVERY", 0), _env_int("FAIL_AT_STEP", -1)
+    fail_on_attempt = _env_int("FAIL_ON_ATTEMPT", 0)
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 1))
@@ -42,7 +44,7 @@ def main() -> int:
         step = ckpt.restore(model=model, optimizer=optimizer, scheduler=scheduler) or 0
         logging.info("starting at step %d (attempt %d)", step, ckpt.attempt)
         while step < total:
-            if step + 1 == fail_at:
+            if step + 1 == fail_at and ckpt.attempt == fail_on_attempt:
                 logging.error("FAIL_AT_STEP=%d: exiting to demonstrate a restart", fail_at)
                 return _env_int("FAIL_EXIT_CODE", 1)
             rows = torch.randint(0, len(x), (64,))
@@ -53,11 +55,16 @@ def main() -> int:
             scheduler.step()
             step += 1
             if step % every == 0 or step == total:
-                ckpt.save(step, model=model, optimizer=optimizer, scheduler=scheduler,
-                          metrics={"loss": loss.item()}, blocking=False)
+                ckpt.save(
+                    step,
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    metrics={"loss": loss.item()},
+                    blocking=False,
+                )
                 logging.info("step %d loss %.5f: checkpoint queued", step, loss.item())
             if export_every and step % export_every == 0:
-                ckpt.wait()  # one step's full and weights checkpoints share a name: see README
                 ckpt.export_weights(model, step, config={"layers": [16, 64, 1]})
         ckpt.wait()
     logging.info("finished %d steps, final loss %.5f", total, loss.item())
