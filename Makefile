@@ -4,7 +4,7 @@ VENV ?= .venv
 EXTRAS ?= torch,test
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit integration crds binaries clean
+.PHONY: demo test lint unit integration e2e image crds binaries clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ unit: $(VENV)/.installed
 
 integration: binaries
 	$(BIN)/python -m pytest -m integration
+
+## e2e: kind + Helm (needs a Docker engine; skips with a reason otherwise)
+e2e: $(VENV)/.installed
+	$(BIN)/python -m pytest -m e2e tests/e2e
+
+image:
+	docker build -t ckpt-operator:dev .
 
 ## crds: regenerate crds/ and the chart's copy from the pydantic models
 crds: $(VENV)/.installed
