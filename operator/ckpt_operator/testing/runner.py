@@ -3,7 +3,8 @@
 It binds unscheduled pods of one namespace to a node of its own, runs the first container's
 command as a local process (the image is ignored: ``python`` means this interpreter, and the
 working directory is the repository), and reports the pod's phase and exit code through the
-status subresource exactly as a kubelet would. Deleting the pod kills the process.
+status subresource exactly as a kubelet would. Deleting the pod kills the process. Processes get
+``KUBECONFIG`` in place of an in-cluster service account, so the SDK can register checkpoints.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class LocalRunner:
         process = subprocess.Popen(
             local_command(container),
             cwd=self.workdir,
-            env={**os.environ, **container_env(pod, container)},
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig), **container_env(pod, container)},
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
