@@ -74,6 +74,13 @@ def _summary(run: dict[str, Any]) -> str:
 def main(timeout: float = 300.0) -> int:
     kubectl = str(ensure_binaries(["kubectl"])["kubectl"])
     shutil.rmtree(DEMO_ROOT, ignore_errors=True)
+    try:
+        return _demo(kubectl, timeout)
+    finally:
+        shutil.rmtree(DEMO_ROOT, ignore_errors=True)  # the demo's checkpoints go with it
+
+
+def _demo(kubectl: str, timeout: float) -> int:
     with tempfile.TemporaryDirectory(prefix="ckpt-demo-") as tmp:
         console.rule("etcd + kube-apiserver + controller-manager on loopback")
         with ControlPlane(
