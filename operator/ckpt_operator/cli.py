@@ -44,6 +44,20 @@ def run(
     peering: Annotated[
         str | None, typer.Option(help="KopfPeering name for hot-standby replicas.")
     ] = None,
+    scan_interval: Annotated[
+        float,
+        typer.Option(envvar="CKPT_SCAN_INTERVAL_S", help="Seconds between store scans per run."),
+    ] = 30.0,
+    sweep_grace: Annotated[
+        float,
+        typer.Option(
+            envvar="CKPT_SWEEP_GRACE_S", help="Age (s) before uncommitted leftovers are swept."
+        ),
+    ] = 3600.0,
+    sweep_dry_run: Annotated[
+        bool,
+        typer.Option(envvar="CKPT_SWEEP_DRY_RUN", help="Only report what the sweep would remove."),
+    ] = False,
 ) -> None:
     """Run the operator against the cluster in KUBECONFIG or the in-cluster service account."""
     from ckpt_operator import operator
@@ -53,6 +67,9 @@ def run(
         allowed_roots=tuple(allowed_root or _split_env("CKPT_ALLOWED_ROOTS")),
         metrics_port=metrics_port or None,
         namespaces=tuple(namespace or ()),
+        scan_interval_s=scan_interval,
+        sweep_grace_s=sweep_grace,
+        sweep_dry_run=sweep_dry_run,
     )
     operator.run(config, liveness_endpoint=liveness or None, peering=peering)
 

@@ -16,3 +16,9 @@ class OperatorConfig:
     allowed_roots: tuple[str, ...] = ()
     metrics_port: int | None = 8000
     namespaces: tuple[str, ...] = field(default_factory=tuple)
+    scan_interval_s: float = 30.0
+    """How often each run's store is scanned for checkpoints that have no object."""
+    sweep_grace_s: float = 3600.0
+    """Uncommitted leftovers younger than this are someone's save in progress: left alone."""
+    sweep_dry_run: bool = False
+    """Only report (log and metrics) what the orphan sweep would remove."""

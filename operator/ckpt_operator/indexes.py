@@ -10,7 +10,6 @@ from typing import Any
 
 import kopf
 
-from ckpt_operator.handlers.common import resource
 from ckpt_operator.deletion import (
     ConsumerView,
     RunView,
@@ -18,6 +17,7 @@ from ckpt_operator.deletion import (
     consumer_from_pod,
     run_from_body,
 )
+from ckpt_operator.handlers.common import resource
 from ckpt_operator.records import CheckpointInfo
 
 RunKey = tuple[str, str]  # (namespace, run name)

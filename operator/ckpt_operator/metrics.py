@@ -2,10 +2,56 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 RESOURCES_SEEN = Counter(
     "ckpt_operator_resources_initialized_total",
     "Resources the operator gave their initial status and conditions.",
     ["kind"],
+)
+
+# --- checkpoint lifecycle (issue 4) ---------------------------------------------------------
+
+CHECKPOINTS_VERIFIED = Counter(
+    "ckpt_operator_checkpoints_verified_total",
+    "Checkpoints verified against their manifest, by outcome.",
+    ["result"],
+)
+CHECKPOINTS_REGISTERED = Counter(
+    "ckpt_operator_checkpoints_registered_total",
+    "Committed checkpoints found by the store scan with no Checkpoint object, and registered.",
+)
+CHECKPOINTS_DELETED = Counter(
+    "ckpt_operator_checkpoints_deleted_total",
+    "Checkpoints whose storage the finalizer deleted (or found already gone).",
+)
+BYTES_FREED = Counter(
+    "ckpt_operator_checkpoint_bytes_freed_total",
+    "Bytes of checkpoint storage deleted (as recorded by verification).",
+)
+DELETE_FAILURES = Counter(
+    "ckpt_operator_checkpoint_delete_failures_total",
+    "Storage deletions that failed and will be retried.",
+)
+DELETIONS_BLOCKED = Gauge(
+    "ckpt_operator_checkpoint_deletions_blocked",
+    "Checkpoints marked for deletion whose storage is held back (consumers, resume, newest).",
+)
+RETENTION_EXPIRED = Counter(
+    "ckpt_operator_retention_expired_total",
+    "Checkpoints retention marked for deletion.",
+)
+ORPHANS_SWEPT = Counter(
+    "ckpt_operator_orphans_swept_total",
+    "Orphaned store entries removed (or, in dry-run mode, found), by kind.",
+    ["kind", "dry_run"],
+)
+ORPHAN_BYTES_SWEPT = Counter(
+    "ckpt_operator_orphan_bytes_swept_total",
+    "Bytes of orphaned store entries removed (or, in dry-run mode, found).",
+    ["kind", "dry_run"],
+)
+CONSUMERS_SILENT = Gauge(
+    "ckpt_operator_consumers_silent",
+    "Consumer pods silent past their run's reportTimeoutSeconds (they no longer block).",
 )

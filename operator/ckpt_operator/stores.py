@@ -1,0 +1,100 @@
+"""Opening a run's store from the operator: allowed roots, s3 credentials from a Secret.
+
+Every store the operator touches is opened here, so the allowed-roots check (invariant 5) and
+the credential handling cannot be skipped by one code path. Storage calls block (fsspec), so
+callers run them with :func:`asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ckpt_operator.storage import Store, StoreError
+
+SECRET_TTL_S = 30.0
+SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
+
+_api: Any = None
+_api_lock: asyncio.Lock | None = None
+_secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+
+
+class CredentialsError(StoreError):
+    """The Secret named by ``spec.store.secretRef`` is missing or incomplete."""
+
+
+def storage_options(secret: Mapping[str, str]) -> dict[str, Any]:
+    """s3fs options from the decoded Secret data (keys as in the AWS environment variables)."""
+    missing = [k for k in SECRET_KEYS[:2] if not secret.get(k)]
+    if missing:
+        raise CredentialsError(f"secret lacks {', '.join(missing)}")
+    client_kwargs: dict[str, Any] = {}
+    if secret.get("AWS_ENDPOINT_URL"):
+        client_kwargs["endpoint_url"] = secret["AWS_ENDPOINT_URL"]
+    if secret.get("AWS_REGION"):
+        client_kwargs["region_name"] = secret["AWS_REGION"]
+    return {
+        "key": secret["AWS_ACCESS_KEY_ID"],
+        "secret": secret["AWS_SECRET_ACCESS_KEY"],
+        "client_kwargs": client_kwargs,
+    }
+
+
+def decode_secret_data(data: Mapping[str, str] | None) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (data or {}).items()}
+
+
+async def api_client() -> Any:
+    """One shared ``kubernetes_asyncio`` ApiClient: in-cluster config, else the kubeconfig."""
+    global _api, _api_lock
+    if _api is not None:
+        return _api
+    if _api_lock is None:
+        _api_lock = asyncio.Lock()
+    async with _api_lock:
+        if _api is None:
+            from kubernetes_asyncio import client, config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                await config.load_kube_config()
+            _api = client.ApiClient()
+    return _api
+
+
+async def read_secret(namespace: str, name: str) -> dict[str, str]:
+    """The Secret's decoded data, cached briefly (every decision would otherwise GET it)."""
+    key = (namespace, name)
+    cached = _secrets.get(key)
+    if cached is not None and time.monotonic() - cached[0] < SECRET_TTL_S:
+        return cached[1]
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    core = client.CoreV1Api(await api_client())
+    try:
+        secret = await core.read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise CredentialsError(f"secret {namespace}/{name} not found") from None
+        raise
+    data = decode_secret_data(secret.data)
+    _secrets[key] = (time.monotonic(), data)
+    return data
+
+
+async def open_store(
+    namespace: str, uri: str, secret_name: str | None, allowed_roots: tuple[str, ...]
+) -> Store:
+    """The run's store, refused unless its root lies inside one of ``allowed_roots``."""
+    options = None
+    if secret_name:
+        options = storage_options(await read_secret(namespace, secret_name))
+    return await asyncio.to_thread(
+        Store.from_uri, uri, allowed_roots=allowed_roots, storage_options=options
+    )

@@ -1,0 +1,351 @@
+"""Checkpoint lifecycle on the real API server with real storage: verification, consumer-gated
+deletion, retention, the finalizer under failures and SIGKILL, path attacks, store scan."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from ckpt_operator import layout
+from ckpt_operator.manifest import verify
+from ckpt_operator.storage import Store
+from ckpt_operator.testing.operator_process import OperatorProcess
+from tests.integration.ckpt_helpers import (
+    Cluster,
+    exists,
+    run_body,
+    wait_for,
+    write_checkpoint,
+)
+from tests.integration.trainingrun_helpers import Cluster as RunCluster
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Env:
+    cluster: Cluster
+    root: Path
+    """Allowed root; each run's store is a directory under it."""
+    operator: OperatorProcess
+
+    def store(self, run: str) -> Store:
+        return Store.from_uri(f"file://{self.root}/{run}")
+
+    def run(self, name: str, **kw: Any) -> dict[str, Any]:
+        return self.cluster.create_run(run_body(name, f"file://{self.root}/{name}", **kw))
+
+    def ready(self, run: dict[str, Any], *steps: int, fmt: layout.Format = "dir") -> list[str]:
+        """Write and register checkpoints; wait until each is Ready."""
+        store = self.store(run["metadata"]["name"])
+        names = []
+        for step in steps:
+            write_checkpoint(store, run["metadata"]["name"], step, fmt=fmt)
+            names.append(self.cluster.register(run, step, fmt=fmt))
+        for name in names:
+            self.cluster.wait_phase(name, "Ready")
+        return names
+
+    def path(self, run: str, step: int, fmt: layout.Format = "dir") -> Path:
+        return self.root / run / layout.CheckpointName(step, 0, fmt).path
+
+
+@pytest.fixture
+def env(
+    k8s: Any,
+    namespace: str,
+    tmp_path: Path,
+    start_operator: Callable[..., OperatorProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Env:
+    monkeypatch.setenv("CKPT_MAINTENANCE_INTERVAL_S", "1")
+    monkeypatch.setenv("CKPT_SCAN_INTERVAL_S", "1")
+    monkeypatch.setenv("CKPT_SWEEP_GRACE_S", "30")
+    root = tmp_path / "allowed"
+    root.mkdir()
+    operator = start_operator(namespace, allowed_roots=(f"file://{root}",))
+    return Env(Cluster(k8s, namespace), root, operator)
+
+
+def test_consumer_lag_holds_storage_until_a_greater_step_is_reported(env: Env) -> None:
+    """Invariant 1: step 5 expires by retention while the consumer has loaded 5."""
+    c = env.cluster
+    run = env.run("lag", retention={"keepLast": 1})
+    c.consumer("infer", "lag", loaded=5)
+    five, six = env.ready(run, 5, 6)
+    body = wait_for(
+        lambda: (b := c.ckpt(five)) and (b.get("status") or {}).get("blockedBy") and b,
+        15,
+        "retention to mark step 5 and the consumer to block it",
+    )
+    assert body["metadata"].get("deletionTimestamp")
+    assert body["status"]["phase"] == "Deleting"
+    assert any("consumer infer" in b for b in body["status"]["blockedBy"])
+    store = env.store("lag")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # the consumer can load step 5 at any moment
+        result = verify(store, layout.CheckpointName(5, 0, "dir").path, "full")
+        assert result.ok, result.reason
+        time.sleep(0.2)
+    c.report("infer", 6)
+    reported = time.monotonic()
+    wait_for(lambda: not env.path("lag", 5).exists(), 5, "step 5's storage to go")
+    assert time.monotonic() - reported < 3
+    wait_for(lambda: c.ckpt(five) is None, 5, "the step 5 record to go")
+    assert env.path("lag", 6).exists() and c.phase(six) == "Ready"
+
+
+def _lock(path: Path) -> Callable[[], None]:
+    """Make ``path`` (a directory) impossible to delete for this user; returns the unlock."""
+    victim = path / "model.bin"
+    if os.geteuid() == 0:
+        done = subprocess.run(["chattr", "+i", str(victim)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make a file immutable here: {done.stderr.decode().strip()}")
+        return lambda: subprocess.run(["chattr", "-i", str(victim)], check=True)
+    path.chmod(0o500)
+    return lambda: path.chmod(0o700)
+
+
+def test_missing_files_succeed_and_storage_errors_retry_without_losing_the_record(
+    env: Env,
+) -> None:
+    c = env.cluster
+    run = env.run("fail")
+    one, two, _three = env.ready(run, 1, 2, 3)
+    shutil.rmtree(env.path("fail", 1))
+    c.delete(one)
+    wait_for(lambda: c.ckpt(one) is None, 10, "a checkpoint with missing files to be deleted")
+
+    unlock = _lock(env.path("fail", 2))
+    try:
+        c.delete(two)
+        body = wait_for(
+            lambda: (
+                (b := c.ckpt(two))
+                and any(
+                    x["type"] == "DeleteFailed" and x["status"] == "True"
+                    for x in (b.get("status") or {}).get("conditions", [])
+                )
+                and b
+            ),
+            15,
+            "a DeleteFailed condition",
+        )
+        failed = next(x for x in body["status"]["conditions"] if x["type"] == "DeleteFailed")
+        assert "step-0000000002.attempt-0" in failed["message"]
+        wait_for(lambda: c.events("DeleteFailed"), 10, "a DeleteFailed event")
+        time.sleep(2)
+        assert c.ckpt(two) is not None, "the record must stay while its storage cannot go"
+    finally:
+        unlock()
+    wait_for(lambda: c.ckpt(two) is None, 30, "the retry to delete step 2")
+    assert not env.path("fail", 2).exists()
+
+
+def test_newest_ready_and_resume_target_survive_retention_and_bulk_delete(
+    env: Env, k8s: Any
+) -> None:
+    """The TrainingRun controller resumes attempt 1 from step 4; retention (keepLast 1) and a
+    bulk delete keep it and the newest, until forced or until the attempt ends."""
+    c = env.cluster
+    runs = RunCluster(k8s, c.ns)
+    fast = {"restartPolicy": {"maxRestarts": 5, "backoff": {"initialSeconds": 0, "maxSeconds": 0}}}
+    run = env.run("keep", retention={"keepLast": 1}, **fast)
+    runs.wait_pod("keep", 0)
+    names = env.ready(run, 1, 2, 3, 4)
+    wait_for(lambda: c.names() == {names[3]}, 20, "retention to expire steps 1-3")
+    assert [p.name for p in (env.root / "keep").iterdir()] == [env.path("keep", 4).name]
+
+    runs.fail_pod("keep", 0)
+    wait_for(
+        lambda: (
+            [(a.get("resumedFrom") or {}).get("name") for a in runs.status("keep")["attempts"]][-1:]
+            == [names[3]]
+        ),
+        20,
+        "attempt 1 to resume from step 4",
+    )
+    (five,) = env.ready(run, 5)
+    time.sleep(2.5)  # several retention passes
+    assert not (c.ckpt(names[3]) or {})["metadata"].get("deletionTimestamp")
+    assert env.path("keep", 4).exists()
+
+    for name in (names[3], five):  # a bulk delete without --force
+        c.delete(name)
+    blocked = {
+        n: wait_for(
+            lambda n=n: (c.ckpt(n) or {}).get("status", {}).get("blockedBy"), 10, f"{n} blocked"
+        )
+        for n in (names[3], five)
+    }
+    assert blocked[names[3]] == ["resume target of a pending or running attempt of keep"]
+    assert blocked[five] == ["newest Ready checkpoint of keep"]
+    time.sleep(1.5)
+    assert env.path("keep", 4).exists() and env.path("keep", 5).exists()
+
+    c.annotate(five, {layout.ANNOTATION_FORCE_DELETE: "true"})
+    wait_for(lambda: c.ckpt(five) is None, 15, "the forced newest to go")
+    assert not env.path("keep", 5).exists()
+    runs.fail_pod("keep", 1)  # attempt 1 ends: step 4 is no longer its resume target
+    wait_for(
+        lambda: (
+            (c.ckpt(names[3]) or {}).get("status", {}).get("blockedBy")
+            == ["newest Ready checkpoint of keep"]
+        ),
+        15,
+        "the resume-target protection to lapse (step 4 stays the newest Ready)",
+    )
+    assert env.path("keep", 4).exists()
+
+
+def test_path_attacks_are_refused_and_nothing_outside_is_touched(env: Env, tmp_path: Path) -> None:
+    """Invariant 5: paths and store roots outside what is allowed are refused."""
+    c = env.cluster
+    run = env.run("safe")
+    for bad in ("../../etc", "/etc", "a/../../etc", "file:///etc/passwd"):
+        body = {
+            "apiVersion": "ckpt.dev/v1alpha1",
+            "kind": "Checkpoint",
+            "metadata": {"name": f"bad-{abs(hash(bad))}"},
+            "spec": {"run": "safe", "step": 1, "attempt": 0, "path": bad},
+        }
+        with pytest.raises(ApiException) as caught:
+            c.custom.create_namespaced_custom_object(
+                "ckpt.dev", "v1alpha1", c.ns, "checkpoints", body
+            )
+        assert caught.value.status == 422, bad
+
+    outside = tmp_path / "outside"
+    outside_store = Store.from_uri(f"file://{outside}")
+    victim = outside / write_checkpoint(outside_store, "safe", 7)
+    before = sorted(p.name for p in victim.iterdir())
+    (env.root / "safe").mkdir(exist_ok=True)
+    link = env.path("safe", 7)
+    link.symlink_to(victim, target_is_directory=True)
+    name = c.register(run, 7)
+    body = c.wait_phase(name, "Invalid")
+    assert "outside" in body["status"]["message"] and "symlink" in body["status"]["message"]
+    c.annotate(name, {layout.ANNOTATION_FORCE_DELETE: "true"})
+    c.delete(name)
+    wait_for(lambda: c.ckpt(name) is None, 10, "the record of the symlinked checkpoint to go")
+    assert sorted(p.name for p in victim.iterdir()) == before
+
+    # A run whose store root is outside the allowed roots: refused, files untouched.
+    rogue = c.create_run(run_body("rogue", f"file://{outside}"))
+    rogue_name = c.register(rogue, 7)
+    body = c.wait_phase(rogue_name, "Invalid")
+    assert "not inside any allowed root" in body["status"]["message"]
+    time.sleep(2)  # a few store-scan ticks: nothing registered from there
+    assert {n for n in c.names() if n.startswith("rogue")} == {rogue_name}
+    c.annotate(rogue_name, {layout.ANNOTATION_FORCE_DELETE: "true"})
+    c.delete(rogue_name)
+    wait_for(lambda: c.ckpt(rogue_name) is None, 10, "the rogue record to go")
+    assert sorted(p.name for p in victim.iterdir()) == before
+    assert exists(link)
+
+
+def test_sigkill_at_any_instant_deletes_nothing_unsafe_and_leaves_no_finalizer(
+    env: Env,
+) -> None:
+    """Invariant 4: kill during a bulk deletion and while blocked; restart converges."""
+    c = env.cluster
+    run = env.run("kill")
+    c.consumer("infer", "kill", loaded=3)
+    names = env.ready(run, 1, 2, 3, 4, 5, 6)
+    for name in names[:5]:
+        c.delete(name)
+    time.sleep(0.3)
+    env.operator.kill()
+    env.operator.start()
+    wait_for(lambda: c.ckpt(names[0]) is None and c.ckpt(names[1]) is None, 15, "1, 2 to go")
+    for step, name in zip(range(3, 6), names[2:5], strict=True):
+        wait_for(
+            lambda name=name: (c.ckpt(name) or {}).get("status", {}).get("blockedBy"), 10, name
+        )
+        assert env.path("kill", step).exists()
+    env.operator.kill()  # while the finalizers wait for the consumer
+    time.sleep(1)
+    env.operator.start()
+    time.sleep(2)
+    for step in (3, 4, 5, 6):
+        assert env.path("kill", step).exists(), f"step {step} deleted unsafely after restart"
+    c.report("infer", 6)
+    wait_for(lambda: c.names() == {names[5]}, 15, "3, 4, 5 to go after the report")
+    assert [p.name for p in (env.root / "kill").iterdir()] == [env.path("kill", 6).name]
+
+    c.core.delete_namespaced_pod("infer", c.ns)
+    c.delete("kill", "trainingruns")
+    wait_for(lambda: c.run("kill") is None and not c.names(), 30, "the run and its checkpoints")
+    assert list((env.root / "kill").iterdir()) == []
+
+
+def _metric(operator: OperatorProcess, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics").read()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.decode().splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+def test_store_scan_registers_committed_checkpoints_and_sweeps_orphans(env: Env) -> None:
+    c = env.cluster
+    run = env.run("scan")
+    store = env.store("scan")
+    write_checkpoint(store, "scan", 1, fmt="dir")
+    write_checkpoint(store, "scan", 2, fmt="tar")
+    old_tmp = env.root / "scan" / ".tmp.step-0000000003.attempt-0.aaaa"
+    new_tmp = env.root / "scan" / ".tmp.step-0000000004.attempt-0.bbbb"
+    for tmp in (old_tmp, new_tmp):
+        tmp.mkdir()
+        (tmp / "model.bin").write_bytes(b"x" * 1000)
+    past = time.time() - 3600
+    os.utime(old_tmp / "model.bin", (past, past))
+    os.utime(old_tmp, (past, past))
+    one, two = (layout.checkpoint_object_name("scan", s, 0) for s in (1, 2))
+    wait_for(lambda: {one, two} <= c.names(), 15, "the scan to register steps 1 and 2")
+    for name in (one, two):
+        body = c.wait_phase(name, "Ready")
+        assert body["metadata"]["ownerReferences"][0]["uid"] == run["metadata"]["uid"]
+    wait_for(lambda: not old_tmp.exists(), 10, "the old temporary to be swept")
+    assert new_tmp.exists(), "a fresh temporary is work in progress"
+    assert _metric(env.operator, "ckpt_operator_orphans_swept_total") >= 1
+    assert _metric(env.operator, "ckpt_operator_orphan_bytes_swept_total") >= 1000
+
+    c.delete("scan", "trainingruns")  # deleting the run deletes its checkpoints
+    wait_for(lambda: c.run("scan") is None, 30, "the run to go")
+    assert not c.names()
+    assert list((env.root / "scan").iterdir()) == []
+
+
+def test_a_silent_consumer_stops_blocking_and_is_flagged(env: Env) -> None:
+    c = env.cluster
+    run = env.run("quiet", consumers={"reportTimeoutSeconds": 3})
+    c.consumer("mute", "quiet")
+    one, _two = env.ready(run, 1, 2)
+    c.delete(one)
+    wait_for(lambda: (c.ckpt(one) or {}).get("status", {}).get("blockedBy"), 5, "blocked")
+    wait_for(lambda: c.ckpt(one) is None, 15, "the silent consumer to stop blocking")
+    assert not env.path("quiet", 1).exists()
+
+    def flagged() -> bool:
+        status = (c.run("quiet") or {}).get("status") or {}
+        return any(
+            x["type"] == "ConsumersHealthy" and x["status"] == "False"
+            for x in status.get("conditions", [])
+        )
+
+    wait_for(flagged, 10, "ConsumersHealthy=False")
+    events = wait_for(lambda: c.events("ConsumerSilent"), 10, "a ConsumerSilent event")
+    assert events[0].type == "Warning" and "mute" in events[0].message
