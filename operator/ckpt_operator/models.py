@@ -220,7 +220,12 @@ class TrainingRunStatus(Model):
     attempt: int | None = Field(default=None, ge=0)
     attempts: list[AttemptStatus] = Field(default_factory=list)
     latest_checkpoint: CheckpointRef | None = None
-    restarts: int = Field(default=0, ge=0)
+    restarts: int = Field(
+        default=0,
+        ge=0,
+        description="Restarts spent from maxRestarts; Ignore-rule restarts are not counted "
+        "(see attempt).",
+    )
     attempts_without_progress: int = Field(default=0, ge=0)
     next_attempt_after: datetime | None = None
     conditions: list[Condition] = Field(default_factory=list)

@@ -3,22 +3,81 @@
 Invariants 2 and 3: only committed *and verified* (Ready) checkpoints that are not being
 deleted qualify, and the target is the one with the greatest step across *all* attempts (a tie
 goes to the later attempt). Weights-only exports cannot resume training, so they never qualify.
+
+The functions take any iterable (a Kopf index's live store) and touch each element once, so a
+restart costs no API request and O(n log k) work however many checkpoints the run holds.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from ckpt_operator.records import CheckpointInfo
 
+MAX_CANDIDATES = 8
+"""How many fallbacks ``CKPT_RESUME_CANDIDATES`` lists: enough to survive a few corrupt
+checkpoints at load time, few enough that the pod's env stays small with 10,000 checkpoints."""
 
-def resume_candidates(checkpoints: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
-    """Every checkpoint a new attempt may resume from, best first."""
-    usable = [c for c in checkpoints if c.ready and c.kind == "full"]
-    return sorted(usable, key=lambda c: (c.step, c.attempt), reverse=True)
+
+def usable(checkpoint: CheckpointInfo) -> bool:
+    """May an attempt resume from it: Ready, not Terminating, a full training state."""
+    return checkpoint.ready and checkpoint.kind == "full"
+
+
+def _order(checkpoint: CheckpointInfo) -> tuple[int, int, str]:
+    # The name breaks the (impossible in practice) tie of two objects for one step and attempt
+    # deterministically, so every replica and every restart chooses the same target.
+    return (checkpoint.step, checkpoint.attempt, checkpoint.name)
+
+
+def resume_candidates(
+    checkpoints: Iterable[CheckpointInfo], limit: int | None = None
+) -> list[CheckpointInfo]:
+    """Checkpoints a new attempt may resume from, best first (at most ``limit`` of them)."""
+    ok = (c for c in checkpoints if usable(c))
+    if limit is None:
+        return sorted(ok, key=_order, reverse=True)
+    return heapq.nlargest(limit, ok, key=_order)
 
 
 def resume_target(checkpoints: Iterable[CheckpointInfo]) -> CheckpointInfo | None:
     """The checkpoint the next attempt resumes from, or None to start from scratch."""
-    candidates = resume_candidates(checkpoints)
-    return candidates[0] if candidates else None
+    best = resume_candidates(checkpoints, limit=1)
+    return best[0] if best else None
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where an attempt starts: the target and the fallbacks, newest first (target included)."""
+
+    candidates: tuple[CheckpointInfo, ...] = ()
+
+    @property
+    def target(self) -> CheckpointInfo | None:
+        return self.candidates[0] if self.candidates else None
+
+
+def resume_plan(checkpoints: Iterable[CheckpointInfo], limit: int = MAX_CANDIDATES) -> ResumePlan:
+    """The plan for a new attempt from the run's checkpoints as they are now."""
+    return ResumePlan(tuple(resume_candidates(checkpoints, limit=limit)))
+
+
+def made_progress(
+    checkpoints: Iterable[CheckpointInfo], attempt: int, resumed_step: int | None
+) -> bool:
+    """Did ``attempt`` produce a full checkpoint past the step it resumed from?
+
+    A Ready checkpoint counts even while retention deletes it (it was produced); a Pending one
+    counts too, because its verification may simply not have finished when the pod died, and
+    failing a run for a checkpoint that turns out fine a second later would be wrong.
+    """
+    floor = -1 if resumed_step is None else resumed_step
+    return any(
+        c.attempt == attempt
+        and c.kind == "full"
+        and c.step > floor
+        and c.phase in ("Ready", "Pending")
+        for c in checkpoints
+    )

@@ -1,5 +1,8 @@
-"""Kopf handlers: thin adapters from Kubernetes events to the pure decision modules."""
+"""Kopf handlers: thin adapters from Kubernetes events to the pure decision modules.
 
-from ckpt_operator.handlers import checkpoint, trainingrun
+Importing this package registers every handler with Kopf.
+"""
 
-__all__ = ["checkpoint", "trainingrun"]
+from ckpt_operator.handlers import checkpoint, consumers, pods, store_scan, trainingrun
+
+__all__ = ["checkpoint", "consumers", "pods", "store_scan", "trainingrun"]
