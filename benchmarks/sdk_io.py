@@ -123,9 +123,11 @@ def bench_medium(root: Path, model: nn.Module, size: int, repeats: int) -> dict[
             rel = CheckpointName(rep, 0, fmt).path
             record(f"sdk_save_{fmt}", partial(manager.save, rep, model=model))
             for verify in (True, False) if rep % 2 else (False, True):  # alternate: no order bias
-                record(f"sdk_load_{fmt}_{'verify' if verify else 'noverify'}",
-                       partial(sdk_load, store, rel, verify),
-                       partial(drop_cache, Path(store.resolve(rel))))
+                record(
+                    f"sdk_load_{fmt}_{'verify' if verify else 'noverify'}",
+                    partial(sdk_load, store, rel, verify),
+                    partial(drop_cache, Path(store.resolve(rel))),
+                )
             store.remove(rel)
     return {name: size / statistics.median(ts) / 1e9 for name, ts in times.items()}
 
@@ -140,8 +142,9 @@ def ratios(gbps: dict[str, float]) -> dict[str, float]:
         "verify_overhead": load_nv / load_v - 1,
         "tar_vs_dir_save": gbps["sdk_save_tar"] / gbps["sdk_save_dir"],
         "tar_vs_dir_load": gbps["sdk_load_tar_verify"] / load_v,
-        "tar_vs_dir": min(gbps["sdk_save_tar"] / gbps["sdk_save_dir"],
-                          gbps["sdk_load_tar_verify"] / load_v),
+        "tar_vs_dir": min(
+            gbps["sdk_save_tar"] / gbps["sdk_save_dir"], gbps["sdk_load_tar_verify"] / load_v
+        ),
         "torch_save_vs_raw": gbps["torch_save"] / gbps["raw_write"],
     }
 
@@ -153,10 +156,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tensors", type=int, default=32, help="tensors in the state")
     parser.add_argument("--device", default="cpu", help="where the state lives: cpu or cuda")
-    parser.add_argument("--disk-dir", type=Path, default=here,
-                        help="a directory on the project disk (a scratch dir is made inside)")
-    parser.add_argument("--shm-dir", type=Path, default=Path("/dev/shm"),
-                        help="a memory-backed directory; '' to skip")
+    parser.add_argument(
+        "--disk-dir",
+        type=Path,
+        default=here,
+        help="a directory on the project disk (a scratch dir is made inside)",
+    )
+    parser.add_argument(
+        "--shm-dir",
+        type=Path,
+        default=Path("/dev/shm"),
+        help="a memory-backed directory; '' to skip",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -165,10 +176,16 @@ def main() -> None:
     media = {"disk": args.disk_dir}
     if str(args.shm_dir) not in ("", ".") and args.shm_dir.is_dir():
         media["shm"] = args.shm_dir
-    results: dict[str, Any] = {"size_bytes": size, "repeats": args.repeats,
-                               "device": args.device, "media": {}}
-    print(f"state: {size / 1e9:.2f} GB in {args.tensors} tensors on {args.device}; "
-          f"medians of {args.repeats} repeats, GB/s")
+    results: dict[str, Any] = {
+        "size_bytes": size,
+        "repeats": args.repeats,
+        "device": args.device,
+        "media": {},
+    }
+    print(
+        f"state: {size / 1e9:.2f} GB in {args.tensors} tensors on {args.device}; "
+        f"medians of {args.repeats} repeats, GB/s"
+    )
     for medium, parent in media.items():
         scratch = Path(tempfile.mkdtemp(prefix=".sdk-io-", dir=parent))
         try:
