@@ -46,6 +46,7 @@ from tests.integration.trainingrun_helpers import run_body, write_committed  # n
 from ckpt_operator import crdgen, layout  # noqa: E402
 from ckpt_operator.testing.controlplane import ControlPlane, api_client  # noqa: E402
 from ckpt_operator.testing.operator_process import OperatorProcess  # noqa: E402
+from ckpt_operator.testing.waiting import wait_for  # noqa: E402
 
 NS = "bench"
 FLOOR_LABEL = "bench.ckpt.dev/floor"
@@ -55,17 +56,6 @@ RELEVANT = ("pods", "trainingruns", "checkpoints", "events")
 
 def log(message: str) -> None:
     print(message, flush=True)
-
-
-def wait(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -339,20 +329,22 @@ def measure_cost(
 ) -> dict[str, Any]:
     """API requests per restart for ``runs`` runs holding ``checkpoints`` checkpoints."""
     names = create_runs(api, prefix, runs, root)
-    wait(lambda: pods_exist(api, [layout.attempt_pod_name(n, 0) for n in names]), 120, "pods")
+    wait_for(lambda: pods_exist(api, [layout.attempt_pod_name(n, 0) for n in names]), 120, "pods")
     started = time.monotonic()
     add_checkpoints(api, names, checkpoints, root)
     newest = 10 * -(-checkpoints // runs)
     settled(api)
-    wait(lambda: runs_at(api, names, 0, newest), 120, "latestCheckpoint", 0.5)
+    wait_for(lambda: runs_at(api, names, 0, newest), 120, "latestCheckpoint", 0.5)
     log(
         f"  {checkpoints} checkpoints registered and verified in {time.monotonic() - started:.0f} s"
     )
     time.sleep(3)  # let the operator settle
     before = request_counts(api)
     fail_all(api, [layout.attempt_pod_name(n, 0) for n in names])
-    wait(lambda: pods_exist(api, [layout.attempt_pod_name(n, 1) for n in names]), 60, "restarts")
-    wait(lambda: runs_at(api, names, 1), 60, "attempt 1 recorded", 0.1)
+    wait_for(
+        lambda: pods_exist(api, [layout.attempt_pod_name(n, 1) for n in names]), 60, "restarts"
+    )
+    wait_for(lambda: runs_at(api, names, 1), 60, "attempt 1 recorded", 0.1)
     time.sleep(2)
     after = request_counts(api)
     delta = after - before
@@ -396,12 +388,14 @@ def main() -> None:
             # 1a. the operator
             runs = create_runs(api, "lat", args.runs, root / "stores")
             pods0 = [layout.attempt_pod_name(r, 0) for r in runs]
-            wait(lambda: pods_exist(api, pods0), 300, "attempt-0 pods")
+            wait_for(lambda: pods_exist(api, pods0), 300, "attempt-0 pods")
             time.sleep(2)
             watcher = PodWatch(api, layout.LABEL_RUN)
             started = fail_all(api, pods0)
             nxt = lambda name: name.replace("-attempt-0", "-attempt-1")  # noqa: E731
-            wait(lambda: all(nxt(p) in watcher.seen for p in pods0), 300, "attempt-1 pods", 0.05)
+            wait_for(
+                lambda: all(nxt(p) in watcher.seen for p in pods0), 300, "attempt-1 pods", 0.05
+            )
             watcher.stop()
             operator_lat = latencies(started, watcher.seen, nxt)
 
@@ -419,11 +413,13 @@ def main() -> None:
                     list(
                         pool.map(lambda n: core.create_namespaced_pod(NS, floor_pod(n)), floor_pods)
                     )
-                wait(lambda: pods_exist(api, floor_pods), 120, "floor pods")
+                wait_for(lambda: pods_exist(api, floor_pods), 120, "floor pods")
                 time.sleep(2)
                 watcher = PodWatch(api, FLOOR_LABEL)
                 started = fail_all(api, floor_pods)
-                wait(lambda: all(nxt(p) in watcher.seen for p in floor_pods), 300, "floor", 0.05)
+                wait_for(
+                    lambda: all(nxt(p) in watcher.seen for p in floor_pods), 300, "floor", 0.05
+                )
                 watcher.stop()
                 floor_lat = latencies(started, watcher.seen, nxt)
             finally:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +17,9 @@ from kubernetes.client.exceptions import ApiException
 from ckpt_operator import layout
 from ckpt_operator.manifest import FileEntry, Manifest, new_hasher
 from ckpt_operator.storage import Store
+from ckpt_operator.testing.waiting import wait_for
 
 GROUP, VERSION = layout.GROUP, layout.VERSION
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 def write_checkpoint(

@@ -20,11 +20,11 @@ from ckpt_operator import layout
 from ckpt_operator.manifest import verify
 from ckpt_operator.storage import Store
 from ckpt_operator.testing.operator_process import OperatorProcess
+from ckpt_operator.testing.waiting import wait_for
 from tests.integration.ckpt_helpers import (
     Cluster,
     exists,
     run_body,
-    wait_for,
     write_checkpoint,
 )
 from tests.integration.trainingrun_helpers import Cluster as RunCluster

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,21 +12,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ckpt_operator.testing.operator_process import OperatorProcess
+from ckpt_operator.testing.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "ckpt.dev", "v1alpha1"
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _run_body() -> dict[str, Any]:
@@ -56,10 +46,12 @@ def test_operator_sets_initial_conditions(
         status: dict[str, Any] = obj.get("status") or {}
         return status if status.get("conditions") else {}
 
-    run_status = _wait(lambda: status_of("trainingruns", "mlp-demo"), 15, "TrainingRun conditions")
+    run_status = wait_for(
+        lambda: status_of("trainingruns", "mlp-demo"), 15, "TrainingRun conditions"
+    )
     assert run_status["observedGeneration"] == run["metadata"]["generation"]
     assert run_status["conditions"][0]["observedGeneration"] == run["metadata"]["generation"]
-    ckpt_status = _wait(
+    ckpt_status = wait_for(
         lambda: status_of("checkpoints", ckpt["metadata"]["name"]), 15, "Checkpoint conditions"
     )
     assert ckpt_status["phase"]
@@ -95,7 +87,7 @@ def test_deleting_a_run_garbage_collects_owned_objects(k8s: Any, namespace: str)
             return error.status == 404
         return False
 
-    _wait(gone, 60, "the owned ConfigMap to be garbage-collected")
+    wait_for(gone, 60, "the owned ConfigMap to be garbage-collected")
 
 
 def test_kwok_runs_pods_on_its_fake_node(k8s: Any, namespace: str) -> None:
@@ -108,7 +100,7 @@ def test_kwok_runs_pods_on_its_fake_node(k8s: Any, namespace: str) -> None:
         ),
     )
     core.create_namespaced_pod(namespace, pod)
-    _wait(
+    wait_for(
         lambda: core.read_namespaced_pod("p", namespace).status.phase == "Running",
         30,
         "kwok to mark the pod Running",

@@ -13,7 +13,8 @@ from ckpt_operator import layout
 from ckpt_operator.plugin import app
 from ckpt_operator.storage import Store
 from ckpt_operator.testing.operator_process import OperatorProcess
-from tests.integration.ckpt_helpers import Cluster, run_body, wait_for, write_checkpoint
+from ckpt_operator.testing.waiting import wait_for
+from tests.integration.ckpt_helpers import Cluster, run_body, write_checkpoint
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ from ckpt_operator import layout
 from ckpt_operator.storage import Store
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.s3 import S3Server, moto_s3
-from tests.integration.ckpt_helpers import Cluster, run_body, wait_for, write_checkpoint
+from ckpt_operator.testing.waiting import wait_for
+from tests.integration.ckpt_helpers import Cluster, run_body, write_checkpoint
 
 pytestmark = pytest.mark.integration
 

@@ -19,12 +19,12 @@ from kubernetes.client.exceptions import ApiException
 
 from ckpt_operator import layout
 from ckpt_operator.testing.operator_process import OperatorProcess
+from ckpt_operator.testing.waiting import wait_for
 from tests.integration.trainingrun_helpers import (
     Cluster,
     candidate_steps,
     env_of,
     run_body,
-    wait,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -88,7 +88,9 @@ def test_resumes_from_newest_checkpoint_of_any_attempt(
     kube.wait_phase("r", "Running")
     for step in (100, 200):
         kube.wait_checkpoint(kube.add_checkpoint("r", store, step, 0), "Ready")
-    wait(lambda: (kube.status("r").get("latestCheckpoint") or {}).get("step") == 200, 10, "latest")
+    wait_for(
+        lambda: (kube.status("r").get("latestCheckpoint") or {}).get("step") == 200, 10, "latest"
+    )
     kube.fail_pod("r", 0, exit_code=1)
     env1 = env_of(kube.wait_pod("r", 1))
     assert candidate_steps(env1) == [200, 100]
@@ -122,7 +124,7 @@ def test_resumes_from_newest_checkpoint_of_any_attempt(
     assert conds["Progressing"]["status"] == "True"
     assert conds["Failed"]["status"] == "False"
     assert all(conds[t]["observedGeneration"] == generation for t in ("Ready", "Failed"))
-    restarted = wait(
+    restarted = wait_for(
         lambda: len(r := [e for e in kube.events("r") if e.reason == "Restarted"]) == 2 and r,
         10,
         "two Restarted events",
@@ -143,8 +145,8 @@ def test_invalid_and_terminating_checkpoints_are_skipped(
     kube.set_checkpoint_phase(names[300], "Invalid")
     kube.hold_and_delete_checkpoint(names[200])
     unverified = kube.add_checkpoint("r", store, 400, 0, files=False)  # Pending, then Invalid
-    wait(lambda: kube.checkpoint_phase(unverified) != "Ready", 5, "an unverified checkpoint")
-    wait(
+    wait_for(lambda: kube.checkpoint_phase(unverified) != "Ready", 5, "an unverified checkpoint")
+    wait_for(
         lambda: (kube.status("r").get("latestCheckpoint") or {}).get("step") == 100,
         10,
         "latestCheckpoint to fall back to step 100",
@@ -175,7 +177,7 @@ def test_budget_exhausted_fails_the_run(
     assert (failed["status"], failed["reason"]) == ("True", "RestartBudgetExhausted")
     assert kube.condition("r", "Ready")["status"] == "False"
     assert kube.condition("r", "Progressing")["status"] == "False"
-    wait(lambda: "RestartBudgetExhausted" in kube.event_reasons("r"), 10, "the event")
+    wait_for(lambda: "RestartBudgetExhausted" in kube.event_reasons("r"), 10, "the event")
     time.sleep(1)
     assert kube.attempt_pods("r") == ["r-attempt-0", "r-attempt-1"]
 
@@ -316,7 +318,7 @@ def test_success_and_deletion(kube: Cluster, store: Path, operator: OperatorProc
     assert kube.condition("r", "Ready")["status"] == "True"
     assert kube.condition("r", "Progressing")["status"] == "False"
     assert kube.condition("r", "Failed")["status"] == "False"
-    wait(lambda: "Succeeded" in kube.event_reasons("r"), 10, "a Succeeded event")
+    wait_for(lambda: "Succeeded" in kube.event_reasons("r"), 10, "a Succeeded event")
     kube.custom.delete_namespaced_custom_object(
         "ckpt.dev", "v1alpha1", kube.ns, "trainingruns", "r"
     )
@@ -328,7 +330,7 @@ def test_success_and_deletion(kube: Cluster, store: Path, operator: OperatorProc
             return exc.status == 404 and not kube.attempt_pods("r")
         return False
 
-    wait(gone, 60, "the run and its pods to be deleted")
+    wait_for(gone, 60, "the run and its pods to be deleted")
 
 
 def test_store_outside_allowed_roots_is_a_condition_not_a_crash(
@@ -340,7 +342,7 @@ def test_store_outside_allowed_roots_is_a_condition_not_a_crash(
     assert (failed["status"], failed["reason"]) == ("True", "StoreNotAllowed")
     assert "not inside any allowed root" in failed["message"]
     assert kube.condition("r", "Ready")["reason"] == "StoreNotAllowed"
-    wait(lambda: "StoreNotAllowed" in kube.event_reasons("r"), 10, "a StoreNotAllowed event")
+    wait_for(lambda: "StoreNotAllowed" in kube.event_reasons("r"), 10, "a StoreNotAllowed event")
     assert kube.attempt_pods("r") == []
     # Fixing the spec recovers the run.
     kube.custom.patch_namespaced_custom_object(
@@ -352,7 +354,7 @@ def test_store_outside_allowed_roots_is_a_condition_not_a_crash(
         {"spec": {"store": {"uri": uri(store)}}},
     )
     kube.wait_pod("r", 0)
-    wait(lambda: kube.condition("r", "Failed")["status"] == "False", 10, "Failed=False")
+    wait_for(lambda: kube.condition("r", "Failed")["status"] == "False", 10, "Failed=False")
 
 
 def test_template_the_api_refuses_is_invalid_template(

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,21 +17,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ckpt_operator import layout, manifest
+from ckpt_operator.testing.waiting import wait_for
 
 GROUP, VERSION = layout.GROUP, layout.VERSION
 T = TypeVar("T")
-
-
-def wait(predicate: Callable[[], T], timeout: float, what: str, every: float = 0.05) -> T:
-    """Poll until ``predicate`` returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: T = predicate()
-    while not last:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
-        time.sleep(every)
-        last = predicate()
-    return last
 
 
 def run_body(
@@ -120,7 +107,7 @@ class Cluster:
             found = self.status(name)
             return bool(found.get(field) == value)
 
-        wait(reached, timeout, f"run {name} status.{field} == {value!r}")
+        wait_for(reached, timeout, f"run {name} status.{field} == {value!r}")
         return found
 
     def wait_phase(self, name: str, phase: str, timeout: float = 20) -> dict[str, Any]:
@@ -147,7 +134,7 @@ class Cluster:
 
     def wait_pod(self, run: str, attempt: int, timeout: float = 20) -> Any:
         name = layout.attempt_pod_name(run, attempt)
-        return wait(lambda: self.pod(name), timeout, f"pod {name}")
+        return wait_for(lambda: self.pod(name), timeout, f"pod {name}")
 
     def attempt_pods(self, run: str) -> list[str]:
         pods = self.core.list_namespaced_pod(self.ns, label_selector=f"{layout.LABEL_RUN}={run}")
@@ -264,7 +251,9 @@ class Cluster:
         return str(((obj or {}).get("status") or {}).get("phase") or "")
 
     def wait_checkpoint(self, name: str, phase: str, timeout: float = 20) -> None:
-        wait(lambda: self.checkpoint_phase(name) == phase, timeout, f"checkpoint {name} {phase}")
+        wait_for(
+            lambda: self.checkpoint_phase(name) == phase, timeout, f"checkpoint {name} {phase}"
+        )
 
     def set_checkpoint_phase(self, name: str, phase: str) -> None:
         self.custom.patch_namespaced_custom_object_status(
