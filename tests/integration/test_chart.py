@@ -164,16 +164,6 @@ def existing_crds(k8s: Any, names: tuple[str, ...]) -> set[str]:
 
 
 @pytest.fixture
-def other_namespace(k8s: Any) -> Iterator[str]:
-    """A second fresh namespace (for watchNamespaces), deleted afterwards."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    core = client.CoreV1Api(k8s)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
-
-
-@pytest.fixture
 def applied(k8s: Any, tmp_path: Path) -> Iterator[Callable[[Manifest, str], None]]:
     """Factory: create the RBAC objects of a manifest for real; cluster-scoped ones are deleted
     afterwards (namespaced ones go with their test namespaces)."""

@@ -50,9 +50,7 @@ def k8s(kubeconfig: Path) -> Iterator[Any]:
         yield api
 
 
-@pytest.fixture
-def namespace(k8s: Any) -> Iterator[str]:
-    """A fresh namespace for one test, deleted afterwards."""
+def _fresh_namespace(k8s: Any) -> Iterator[str]:
     from kubernetes import client
 
     name = f"t-{uuid.uuid4().hex[:10]}"
@@ -60,6 +58,18 @@ def namespace(k8s: Any) -> Iterator[str]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def namespace(k8s: Any) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    yield from _fresh_namespace(k8s)
+
+
+@pytest.fixture
+def other_namespace(k8s: Any) -> Iterator[str]:
+    """A second fresh namespace (e.g. one an operator must not see), deleted afterwards."""
+    yield from _fresh_namespace(k8s)
 
 
 @pytest.fixture
