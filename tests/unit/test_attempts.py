@@ -27,6 +27,7 @@ from ckpt_operator.models import TrainingRunSpec, TrainingRunStatus
 from ckpt_operator.records import CheckpointInfo
 from ckpt_operator.restart_policy import Failure
 from ckpt_operator.resume import resume_plan, resume_target
+from tests.unit.factories import checkpoint as ckpt
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 ROOT = "file:///tmp/store"
@@ -49,18 +50,6 @@ TEMPLATE: dict[str, Any] = {
 def spec(**policy: Any) -> TrainingRunSpec:
     return TrainingRunSpec.model_validate(
         {"template": TEMPLATE, "store": {"uri": ROOT}, "restartPolicy": policy}
-    )
-
-
-def ckpt(step: int, attempt: int, phase: str = "Ready") -> CheckpointInfo:
-    return CheckpointInfo(
-        name=layout.checkpoint_object_name("r", step, attempt),
-        namespace="ns",
-        run="r",
-        step=step,
-        attempt=attempt,
-        path=layout.CheckpointName(step, attempt, "dir").path,
-        phase=phase,
     )
 
 

@@ -21,22 +21,9 @@ from ckpt_operator.deletion import (
     selector_matches,
 )
 from ckpt_operator.records import CheckpointInfo
+from tests.unit.factories import checkpoint as ckpt
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-
-
-def ckpt(step: int, attempt: int = 0, **kw: object) -> CheckpointInfo:
-    base: dict[str, object] = {"phase": "Ready", "kind": "full"}
-    base.update(kw)
-    return CheckpointInfo(
-        name=f"r-step-{step}-a{attempt}",
-        namespace="ns",
-        run="r",
-        step=step,
-        attempt=attempt,
-        path=f"step-{step:010d}.attempt-{attempt}",
-        **base,  # type: ignore[arg-type]
-    )
 
 
 def consumer(name: str, loaded: int | None, ago_s: float = 1.0, live: bool = True) -> ConsumerView:

@@ -16,28 +16,9 @@ from ckpt_operator.resume import (
     resume_target,
     usable,
 )
+from tests.unit.factories import checkpoint as ckpt
 
 PHASES = ("Pending", "Ready", "Invalid", "Deleting")
-
-
-def ckpt(
-    step: int,
-    attempt: int = 0,
-    phase: str = "Ready",
-    terminating: bool = False,
-    kind: str = "full",
-) -> CheckpointInfo:
-    return CheckpointInfo(
-        name=f"r-step-{step}-a{attempt}",
-        namespace="ns",
-        run="r",
-        step=step,
-        attempt=attempt,
-        path=f"step-{step:010d}.attempt-{attempt}",
-        phase=phase,
-        terminating=terminating,
-        kind=kind,
-    )
 
 
 def test_no_checkpoints_means_from_scratch() -> None:

@@ -8,20 +8,11 @@ from hypothesis import strategies as st
 from ckpt_operator.deletion import newest_protected
 from ckpt_operator.records import CheckpointInfo
 from ckpt_operator.retention import expired
+from tests.unit.factories import checkpoint
 
 
-def ckpt(step: int, attempt: int = 0, **kw: object) -> CheckpointInfo:
-    base: dict[str, object] = {"phase": "Ready", "kind": "full", "size_bytes": 100}
-    base.update(kw)
-    return CheckpointInfo(
-        name=f"r-step-{step}-a{attempt}",
-        namespace="ns",
-        run="r",
-        step=step,
-        attempt=attempt,
-        path=f"step-{step:010d}.attempt-{attempt}",
-        **base,  # type: ignore[arg-type]
-    )
+def ckpt(step: int, attempt: int = 0, **fields: object) -> CheckpointInfo:
+    return checkpoint(step, attempt, **{"size_bytes": 100, **fields})
 
 
 def steps(result: list) -> list[int]:  # type: ignore[type-arg]

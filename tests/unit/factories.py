@@ -1,0 +1,22 @@
+"""Checkpoint records for the pure-policy tests, named as the real ones are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ckpt_operator import layout
+from ckpt_operator.records import CheckpointInfo
+
+
+def checkpoint(step: int, attempt: int = 0, phase: str = "Ready", **fields: Any) -> CheckpointInfo:
+    """A full directory checkpoint of run ``r`` in namespace ``ns``; ``fields`` override."""
+    return CheckpointInfo(
+        name=layout.checkpoint_object_name("r", step, attempt),
+        namespace="ns",
+        run="r",
+        step=step,
+        attempt=attempt,
+        path=layout.CheckpointName(step, attempt, "dir").path,
+        phase=phase,
+        **fields,
+    )
