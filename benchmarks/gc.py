@@ -35,8 +35,9 @@ from tests.integration.ckpt_helpers import (  # noqa: E402
     write_checkpoint,
 )
 
-from ckpt_operator import crdgen, layout  # noqa: E402
-from ckpt_operator.storage import Store  # noqa: E402
+from ckpt_operator.api import crdgen  # noqa: E402
+from ckpt_operator.storage import layout  # noqa: E402
+from ckpt_operator.storage.store import Store  # noqa: E402
 from ckpt_operator.testing.controlplane import ControlPlane, api_client  # noqa: E402
 from ckpt_operator.testing.operator_process import OperatorProcess  # noqa: E402
 

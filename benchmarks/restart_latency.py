@@ -43,7 +43,8 @@ sys.path.insert(0, str(REPO))  # for tests.integration.trainingrun_helpers
 from kubernetes import client, watch  # noqa: E402
 from tests.integration.trainingrun_helpers import run_body, write_committed  # noqa: E402
 
-from ckpt_operator import crdgen, layout  # noqa: E402
+from ckpt_operator.api import crdgen, names  # noqa: E402
+from ckpt_operator.storage import layout  # noqa: E402
 from ckpt_operator.testing.controlplane import ControlPlane, api_client  # noqa: E402
 from ckpt_operator.testing.operator_process import OperatorProcess  # noqa: E402
 from ckpt_operator.testing.waiting import wait_for  # noqa: E402
@@ -232,9 +233,7 @@ def create_runs(api: Any, prefix: str, count: int, root: Path) -> list[str]:
         store = root / name
         store.mkdir(parents=True, exist_ok=True)
         body = run_body(name, f"file://{store}", max_restarts=1000)
-        custom.create_namespaced_custom_object(
-            layout.GROUP, layout.VERSION, NS, "trainingruns", body
-        )
+        custom.create_namespaced_custom_object(names.GROUP, names.VERSION, NS, "trainingruns", body)
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(create, names))
@@ -257,11 +256,11 @@ def add_checkpoints(api: Any, runs: list[str], total: int, root: Path) -> None:
     def register(job: tuple[str, int]) -> None:
         run, step = job
         body = {
-            "apiVersion": layout.API_VERSION,
+            "apiVersion": names.API_VERSION,
             "kind": "Checkpoint",
             "metadata": {
-                "name": layout.checkpoint_object_name(run, step, 0),
-                "labels": {layout.LABEL_RUN: run},
+                "name": names.checkpoint_object_name(run, step, 0),
+                "labels": {names.LABEL_RUN: run},
             },
             "spec": {
                 "run": run,
@@ -272,7 +271,7 @@ def add_checkpoints(api: Any, runs: list[str], total: int, root: Path) -> None:
         }
         try:
             custom.create_namespaced_custom_object(
-                layout.GROUP, layout.VERSION, NS, "checkpoints", body
+                names.GROUP, names.VERSION, NS, "checkpoints", body
             )
         except client.exceptions.ApiException as exc:
             if exc.status != 409:
@@ -308,7 +307,7 @@ def runs_at(api: Any, runs: list[str], attempt: int, latest_step: int | None = N
     for run in runs:
         status = (
             custom.get_namespaced_custom_object(
-                layout.GROUP, layout.VERSION, NS, "trainingruns", run
+                names.GROUP, names.VERSION, NS, "trainingruns", run
             ).get("status")
             or {}
         )
@@ -329,7 +328,7 @@ def measure_cost(
 ) -> dict[str, Any]:
     """API requests per restart for ``runs`` runs holding ``checkpoints`` checkpoints."""
     names = create_runs(api, prefix, runs, root)
-    wait_for(lambda: pods_exist(api, [layout.attempt_pod_name(n, 0) for n in names]), 120, "pods")
+    wait_for(lambda: pods_exist(api, [names.attempt_pod_name(n, 0) for n in names]), 120, "pods")
     started = time.monotonic()
     add_checkpoints(api, names, checkpoints, root)
     newest = 10 * -(-checkpoints // runs)
@@ -340,10 +339,8 @@ def measure_cost(
     )
     time.sleep(3)  # let the operator settle
     before = request_counts(api)
-    fail_all(api, [layout.attempt_pod_name(n, 0) for n in names])
-    wait_for(
-        lambda: pods_exist(api, [layout.attempt_pod_name(n, 1) for n in names]), 60, "restarts"
-    )
+    fail_all(api, [names.attempt_pod_name(n, 0) for n in names])
+    wait_for(lambda: pods_exist(api, [names.attempt_pod_name(n, 1) for n in names]), 60, "restarts")
     wait_for(lambda: runs_at(api, names, 1), 60, "attempt 1 recorded", 0.1)
     time.sleep(2)
     after = request_counts(api)
@@ -387,10 +384,10 @@ def main() -> None:
         try:
             # 1a. the operator
             runs = create_runs(api, "lat", args.runs, root / "stores")
-            pods0 = [layout.attempt_pod_name(r, 0) for r in runs]
+            pods0 = [names.attempt_pod_name(r, 0) for r in runs]
             wait_for(lambda: pods_exist(api, pods0), 300, "attempt-0 pods")
             time.sleep(2)
-            watcher = PodWatch(api, layout.LABEL_RUN)
+            watcher = PodWatch(api, names.LABEL_RUN)
             started = fail_all(api, pods0)
             nxt = lambda name: name.replace("-attempt-0", "-attempt-1")  # noqa: E731
             wait_for(

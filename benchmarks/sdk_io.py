@@ -29,11 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ckpt_operator.layout import CheckpointName, Format
+from ckpt_operator.api.names import Format
 from ckpt_operator.sdk import CheckpointManager
 from ckpt_operator.sdk.state import MODEL_FILE, load_tensors, read_files
 from ckpt_operator.sdk.tensorfile import tensor_bytes
-from ckpt_operator.storage import Store
+from ckpt_operator.storage.layout import CheckpointName
+from ckpt_operator.storage.store import Store
 
 READ_CHUNK = 64 << 20
 

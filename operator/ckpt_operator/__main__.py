@@ -1,3 +1,3 @@
-from ckpt_operator.cli import app
+from ckpt_operator.cli.operator import app
 
 app(prog_name="ckpt-operator")

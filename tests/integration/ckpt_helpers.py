@@ -1,7 +1,7 @@
 """Shared helpers for the checkpoint-lifecycle integration tests (and benchmarks/gc.py).
 
-Checkpoints are written with the real manifest format (``ckpt_operator.manifest``) but without
-torch, so these tests need only the operator's own dependencies.
+Checkpoints are written with the real manifest format (``ckpt_operator.storage.manifest``) but
+without torch, so these tests need only the operator's own dependencies.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ckpt_operator import layout
-from ckpt_operator.manifest import FileEntry, Manifest, new_hasher
-from ckpt_operator.storage import Store
+from ckpt_operator.api import names
+from ckpt_operator.storage import layout
+from ckpt_operator.storage.manifest import FileEntry, Manifest, new_hasher
+from ckpt_operator.storage.store import Store
 from ckpt_operator.testing.waiting import wait_for
 
-GROUP, VERSION = layout.GROUP, layout.VERSION
+GROUP, VERSION = names.GROUP, names.VERSION
 
 
 def write_checkpoint(
@@ -27,7 +28,7 @@ def write_checkpoint(
     run: str,
     step: int,
     attempt: int = 0,
-    fmt: layout.Format = "dir",
+    fmt: names.Format = "dir",
     *,
     kind: str = "full",
     payload: bytes = b"weights" * 100,
@@ -119,7 +120,7 @@ class Cluster:
         run: dict[str, Any],
         step: int,
         attempt: int = 0,
-        fmt: layout.Format = "dir",
+        fmt: names.Format = "dir",
         kind: str = "full",
         metrics: dict[str, float] | None = None,
     ) -> str:
@@ -132,9 +133,9 @@ class Cluster:
             "metadata": {
                 "name": name,
                 "labels": {
-                    layout.LABEL_RUN: run["metadata"]["name"],
-                    layout.LABEL_STEP: str(step),
-                    layout.LABEL_ATTEMPT: str(attempt),
+                    names.LABEL_RUN: run["metadata"]["name"],
+                    names.LABEL_STEP: str(step),
+                    names.LABEL_ATTEMPT: str(attempt),
                 },
                 "ownerReferences": [
                     {
@@ -214,17 +215,17 @@ class Cluster:
 
     def consumer(self, name: str, run: str, loaded: int | None = None) -> None:
         """A consumer pod (no nodeName: it stays Pending and nothing runs it)."""
-        annotations = {layout.ANNOTATION_LOADED_STEP: str(loaded)} if loaded is not None else {}
+        annotations = {names.ANNOTATION_LOADED_STEP: str(loaded)} if loaded is not None else {}
         pod = client.V1Pod(
             metadata=client.V1ObjectMeta(
-                name=name, labels={layout.LABEL_CONSUMER_OF: run}, annotations=annotations
+                name=name, labels={names.LABEL_CONSUMER_OF: run}, annotations=annotations
             ),
             spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]),
         )
         self.core.create_namespaced_pod(self.ns, pod)
 
     def report(self, pod: str, step: int) -> None:
-        patch = {"metadata": {"annotations": {layout.ANNOTATION_LOADED_STEP: str(step)}}}
+        patch = {"metadata": {"annotations": {names.ANNOTATION_LOADED_STEP: str(step)}}}
         self.core.patch_namespaced_pod(pod, self.ns, patch)
 
     def events(self, reason: str) -> list[Any]:

@@ -353,7 +353,8 @@ def test_bad_values_fail_with_a_clear_message(
 
 def _cli_config(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Parse the container's args with the real ``ckpt-operator`` CLI, without running it."""
-    from ckpt_operator import cli, operator
+    from ckpt_operator.cli import operator as cli
+    from ckpt_operator.handlers import startup as operator
 
     seen: dict[str, Any] = {}
 

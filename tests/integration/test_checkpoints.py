@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from ckpt_operator import layout
-from ckpt_operator.manifest import verify
-from ckpt_operator.storage import Store
+from ckpt_operator.api import names
+from ckpt_operator.storage import layout
+from ckpt_operator.storage.manifest import verify
+from ckpt_operator.storage.store import Store
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.waiting import wait_for
 from tests.integration.ckpt_helpers import (
@@ -45,7 +46,7 @@ class Env:
     def run(self, name: str, **kw: Any) -> dict[str, Any]:
         return self.cluster.create_run(run_body(name, f"file://{self.root}/{name}", **kw))
 
-    def ready(self, run: dict[str, Any], *steps: int, fmt: layout.Format = "dir") -> list[str]:
+    def ready(self, run: dict[str, Any], *steps: int, fmt: names.Format = "dir") -> list[str]:
         """Write and register checkpoints; wait until each is Ready."""
         store = self.store(run["metadata"]["name"])
         names = []
@@ -56,7 +57,7 @@ class Env:
             self.cluster.wait_phase(name, "Ready")
         return names
 
-    def path(self, run: str, step: int, fmt: layout.Format = "dir") -> Path:
+    def path(self, run: str, step: int, fmt: names.Format = "dir") -> Path:
         return self.root / run / layout.CheckpointName(step, 0, fmt).path
 
 
@@ -194,7 +195,7 @@ def test_newest_ready_and_resume_target_survive_retention_and_bulk_delete(
     time.sleep(1.5)
     assert env.path("keep", 4).exists() and env.path("keep", 5).exists()
 
-    c.annotate(five, {layout.ANNOTATION_FORCE_DELETE: "true"})
+    c.annotate(five, {names.ANNOTATION_FORCE_DELETE: "true"})
     wait_for(lambda: c.ckpt(five) is None, 15, "the forced newest to go")
     assert not env.path("keep", 5).exists()
     runs.fail_pod("keep", 1)  # attempt 1 ends: step 4 is no longer its resume target
@@ -236,7 +237,7 @@ def test_path_attacks_are_refused_and_nothing_outside_is_touched(env: Env, tmp_p
     name = c.register(run, 7)
     body = c.wait_phase(name, "Invalid")
     assert "outside" in body["status"]["message"] and "symlink" in body["status"]["message"]
-    c.annotate(name, {layout.ANNOTATION_FORCE_DELETE: "true"})
+    c.annotate(name, {names.ANNOTATION_FORCE_DELETE: "true"})
     c.delete(name)
     wait_for(lambda: c.ckpt(name) is None, 10, "the record of the symlinked checkpoint to go")
     assert sorted(p.name for p in victim.iterdir()) == before
@@ -248,7 +249,7 @@ def test_path_attacks_are_refused_and_nothing_outside_is_touched(env: Env, tmp_p
     assert "not inside any allowed root" in body["status"]["message"]
     time.sleep(2)  # a few store-scan ticks: nothing registered from there
     assert {n for n in c.names() if n.startswith("rogue")} == {rogue_name}
-    c.annotate(rogue_name, {layout.ANNOTATION_FORCE_DELETE: "true"})
+    c.annotate(rogue_name, {names.ANNOTATION_FORCE_DELETE: "true"})
     c.delete(rogue_name)
     wait_for(lambda: c.ckpt(rogue_name) is None, 10, "the rogue record to go")
     assert sorted(p.name for p in victim.iterdir()) == before
@@ -313,7 +314,7 @@ def test_store_scan_registers_committed_checkpoints_and_sweeps_orphans(env: Env)
     past = time.time() - 3600
     os.utime(old_tmp / "model.bin", (past, past))
     os.utime(old_tmp, (past, past))
-    one, two = (layout.checkpoint_object_name("scan", s, 0) for s in (1, 2))
+    one, two = (names.checkpoint_object_name("scan", s, 0) for s in (1, 2))
     wait_for(lambda: {one, two} <= c.names(), 15, "the scan to register steps 1 and 2")
     for name in (one, two):
         body = c.wait_phase(name, "Ready")

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ckpt_operator import layout
-from ckpt_operator.plugin import app
-from ckpt_operator.storage import Store
+from ckpt_operator.api import names
+from ckpt_operator.cli.plugin import app
+from ckpt_operator.storage import layout
+from ckpt_operator.storage.store import Store
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.waiting import wait_for
 from tests.integration.ckpt_helpers import Cluster, run_body, write_checkpoint
@@ -33,7 +34,7 @@ def test_plugin_deletes_by_name_run_step_uri_path_and_selector(
     c = Cluster(k8s, namespace)
     run = c.create_run(run_body("plug", f"file://{root}/plug"))
     store = Store.from_uri(f"file://{root}/plug")
-    fmts: dict[int, layout.Format] = {1: "dir", 2: "tar", 3: "dir", 4: "tar", 5: "dir"}
+    fmts: dict[int, names.Format] = {1: "dir", 2: "tar", 3: "dir", 4: "tar", 5: "dir"}
     paths = {s: root / "plug" / write_checkpoint(store, "plug", s, fmt=f) for s, f in fmts.items()}
     names = {s: c.register(run, s, fmt=f) for s, f in fmts.items()}
     for name in names.values():
@@ -46,7 +47,7 @@ def test_plugin_deletes_by_name_run_step_uri_path_and_selector(
         return result
 
     # Dry run: shows what would go and what holds the rest back; deletes nothing.
-    dry = cli("delete", "-l", f"{layout.LABEL_RUN}=plug", "--dry-run")
+    dry = cli("delete", "-l", f"{names.LABEL_RUN}=plug", "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert "would be kept: newest Ready checkpoint of plug" in dry.output
     assert dry.output.count("would be deleted") == 4
@@ -65,7 +66,7 @@ def test_plugin_deletes_by_name_run_step_uri_path_and_selector(
     assert names[2] not in listed.output and names[4] not in listed.output
 
     # A bulk delete by selector: 1 and 3 go; the newest Ready (5) stays unless forced.
-    bulk = cli("delete", "-l", f"{layout.LABEL_RUN}=plug")
+    bulk = cli("delete", "-l", f"{names.LABEL_RUN}=plug")
     assert bulk.exit_code == 0, bulk.output
     assert "kept: newest Ready checkpoint of plug" in bulk.output
     wait_for(lambda: c.names() == {names[5]}, 10, "1 and 3 to go")
@@ -99,7 +100,7 @@ def test_plugin_every_even_step(
         names[s] = c.register(run, s)
     for name in names.values():
         c.wait_phase(name, "Ready")
-    args = ["delete", "-l", f"{layout.LABEL_RUN}=even", "--every", "2", "-n", namespace]
+    args = ["delete", "-l", f"{names.LABEL_RUN}=even", "--every", "2", "-n", namespace]
     result = CliRunner().invoke(app, [*args, "--kubeconfig", str(kubeconfig)])
     assert result.exit_code == 0, result.output
     assert c.names() == {names[s] for s in (1, 3, 5, 7)}

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from ckpt_operator import layout
-from ckpt_operator.storage import Store
+from ckpt_operator.api import names
+from ckpt_operator.storage import layout
+from ckpt_operator.storage.store import Store
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.s3 import S3Server, moto_s3
 from ckpt_operator.testing.waiting import wait_for
@@ -60,13 +61,13 @@ def test_s3_store_lifecycle(
     write_checkpoint(store, "s3run", 3, fmt="dir")  # registered by the operator's scan
     c.consumer("infer", "s3run", loaded=1)
     one, two = c.register(run, 1, fmt="dir"), c.register(run, 2, fmt="tar")
-    three = layout.checkpoint_object_name("s3run", 3, 0)
+    three = names.checkpoint_object_name("s3run", 3, 0)
     wait_for(lambda: three in c.names(), 15, "the scan to register step 3")
     for name in (one, two, three):
         body = c.wait_phase(name, "Ready")
         assert body["status"]["sizeBytes"] > 0 and body["status"]["digest"]
 
-    def present(step: int, fmt: layout.Format) -> bool:
+    def present(step: int, fmt: names.Format) -> bool:
         return bool(store.exists(layout.CheckpointName(step, 0, fmt).path))
 
     c.delete(one)

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from ckpt_operator import layout
+from ckpt_operator.api import names
+from ckpt_operator.storage import layout
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.waiting import wait_for
 from tests.integration.trainingrun_helpers import (
@@ -76,8 +77,8 @@ def test_resumes_from_newest_checkpoint_of_any_attempt(
     assert pod0.spec.restart_policy == "Never"
     assert pod0.metadata.labels == {
         "team": "ml",
-        layout.LABEL_RUN: "r",
-        layout.LABEL_ATTEMPT: "0",
+        names.LABEL_RUN: "r",
+        names.LABEL_ATTEMPT: "0",
     }
     assert pod0.metadata.annotations["note"] == "kept"
     owner = pod0.metadata.owner_references[0]
@@ -113,7 +114,7 @@ def test_resumes_from_newest_checkpoint_of_any_attempt(
     assert "resumedFrom" not in first
     assert second["resumedFrom"]["step"] == 200
     assert third["resumedFrom"] == {
-        "name": layout.checkpoint_object_name("r", 200, 0),
+        "name": names.checkpoint_object_name("r", 200, 0),
         "step": 200,
         "attempt": 0,
         "uri": target,

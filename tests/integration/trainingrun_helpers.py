@@ -16,10 +16,11 @@ from typing import Any, TypeVar
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ckpt_operator import layout, manifest
+from ckpt_operator.api import names
+from ckpt_operator.storage import layout, manifest
 from ckpt_operator.testing.waiting import wait_for
 
-GROUP, VERSION = layout.GROUP, layout.VERSION
+GROUP, VERSION = names.GROUP, names.VERSION
 T = TypeVar("T")
 
 
@@ -133,11 +134,11 @@ class Cluster:
             raise
 
     def wait_pod(self, run: str, attempt: int, timeout: float = 20) -> Any:
-        name = layout.attempt_pod_name(run, attempt)
+        name = names.attempt_pod_name(run, attempt)
         return wait_for(lambda: self.pod(name), timeout, f"pod {name}")
 
     def attempt_pods(self, run: str) -> list[str]:
-        pods = self.core.list_namespaced_pod(self.ns, label_selector=f"{layout.LABEL_RUN}={run}")
+        pods = self.core.list_namespaced_pod(self.ns, label_selector=f"{names.LABEL_RUN}={run}")
         return sorted(p.metadata.name for p in pods.items)
 
     def _pod_status(self, name: str, status: dict[str, Any]) -> None:
@@ -146,7 +147,7 @@ class Cluster:
     def run_pod(self, run: str, attempt: int) -> None:
         now = _now()
         self._pod_status(
-            layout.attempt_pod_name(run, attempt),
+            names.attempt_pod_name(run, attempt),
             {
                 "phase": "Running",
                 "startTime": now,
@@ -186,12 +187,12 @@ class Cluster:
                     "lastTransitionTime": now,
                 }
             ]
-        self._pod_status(layout.attempt_pod_name(run, attempt), status)
+        self._pod_status(names.attempt_pod_name(run, attempt), status)
 
     def succeed_pod(self, run: str, attempt: int) -> None:
         now = _now()
         self._pod_status(
-            layout.attempt_pod_name(run, attempt),
+            names.attempt_pod_name(run, attempt),
             {
                 "phase": "Succeeded",
                 "containerStatuses": [
@@ -223,16 +224,16 @@ class Cluster:
         path = layout.CheckpointName(step, attempt, "dir").path
         if files:
             write_committed(store, run, step, attempt)
-        name = layout.checkpoint_object_name(run, step, attempt)
+        name = names.checkpoint_object_name(run, step, attempt)
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "Checkpoint",
             "metadata": {
                 "name": name,
                 "labels": {
-                    layout.LABEL_RUN: run,
-                    layout.LABEL_ATTEMPT: str(attempt),
-                    layout.LABEL_STEP: str(step),
+                    names.LABEL_RUN: run,
+                    names.LABEL_ATTEMPT: str(attempt),
+                    names.LABEL_STEP: str(step),
                 },
             },
             "spec": {"run": run, "step": step, "attempt": attempt, "path": path},

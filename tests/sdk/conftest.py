@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_operator.storage import Store
+from ckpt_operator.storage.store import Store
 from ckpt_operator.testing.s3 import S3Server, moto_s3
 
 

@@ -14,7 +14,7 @@ import torch
 
 from ckpt_operator.sdk import CheckpointManager
 from ckpt_operator.sdk import manager as manager_module
-from ckpt_operator.storage import Store
+from ckpt_operator.storage.store import Store
 
 
 def test_async_save_snapshots_state_before_returning(any_store: Store) -> None:

@@ -13,9 +13,9 @@ pytest.importorskip("torch")
 import torch
 from safetensors.torch import load_file
 
-from ckpt_operator.layout import ANNOTATION_LOADED_STEP
+from ckpt_operator.api.names import ANNOTATION_LOADED_STEP
 from ckpt_operator.sdk import CheckpointManager, Consumer
-from ckpt_operator.storage import Store
+from ckpt_operator.storage.store import Store
 
 
 class FakeRegistry:

@@ -21,10 +21,10 @@ pytest.importorskip("torch")
 
 import torch
 
-from ckpt_operator.layout import parse_committed
-from ckpt_operator.manifest import verify
 from ckpt_operator.sdk import CheckpointManager
-from ckpt_operator.storage import Store
+from ckpt_operator.storage.layout import parse_committed
+from ckpt_operator.storage.manifest import verify
+from ckpt_operator.storage.store import Store
 from ckpt_operator.testing.s3 import S3Server
 
 _OPS = ("write", "fsync", "rename", "mkdir", "open")

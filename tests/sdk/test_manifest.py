@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ckpt_operator.layout import MANIFEST_NAME, CheckpointName
-from ckpt_operator.manifest import FileEntry, Manifest, compute_digest, verify
 from ckpt_operator.sdk.writer import CheckpointExistsError, write_checkpoint
-from ckpt_operator.storage import Store
+from ckpt_operator.storage.layout import MANIFEST_NAME, CheckpointName
+from ckpt_operator.storage.manifest import FileEntry, Manifest, compute_digest, verify
+from ckpt_operator.storage.store import Store
 
 DATA = os.urandom(3 << 20)
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from ckpt_operator.layout import API_VERSION, LABEL_ATTEMPT, LABEL_RUN, LABEL_STEP
+from ckpt_operator.api.names import API_VERSION, LABEL_ATTEMPT, LABEL_RUN, LABEL_STEP
 from ckpt_operator.sdk.registry import CheckpointRecord, KubeRegistry
 
 RECORD = CheckpointRecord("r", 200, 2, "step-0000000200.attempt-2.tar", "tar", "full", {"loss": 1})

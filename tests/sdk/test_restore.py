@@ -13,11 +13,11 @@ pytest.importorskip("torch")
 
 import torch
 
-from ckpt_operator.layout import MANIFEST_NAME
 from ckpt_operator.sdk import CheckpointManager
 from ckpt_operator.sdk.manager import env_candidates
 from ckpt_operator.sdk.registry import CheckpointRecord
-from ckpt_operator.storage import Store
+from ckpt_operator.storage.layout import MANIFEST_NAME
+from ckpt_operator.storage.store import Store
 
 
 class FakeRegistry:

@@ -9,7 +9,7 @@ pytest.importorskip("torch")
 import torch
 
 from ckpt_operator.sdk import CheckpointManager
-from ckpt_operator.storage import Store
+from ckpt_operator.storage.store import Store
 from tests.sdk.training import Trainer, reseed
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_operator.storage import PathEscapeError, Store, StoreError
+from ckpt_operator.storage.store import PathEscapeError, Store, StoreError
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckpt_operator import layout
-from ckpt_operator.records import CheckpointInfo
+from ckpt_operator.api import names
+from ckpt_operator.storage import layout
+from ckpt_operator.views.checkpoint import CheckpointInfo
 
 
 def checkpoint(step: int, attempt: int = 0, phase: str = "Ready", **fields: Any) -> CheckpointInfo:
     """A full directory checkpoint of run ``r`` in namespace ``ns``; ``fields`` override."""
     return CheckpointInfo(
-        name=layout.checkpoint_object_name("r", step, attempt),
+        name=names.checkpoint_object_name("r", step, attempt),
         namespace="ns",
         run="r",
         step=step,

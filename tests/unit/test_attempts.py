@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckpt_operator import layout
-from ckpt_operator.attempts import (
+from ckpt_operator.api import names
+from ckpt_operator.api.models import TrainingRunSpec, TrainingRunStatus
+from ckpt_operator.policy.attempts import (
     AttemptPod,
     RunState,
     Step,
@@ -23,16 +24,15 @@ from ckpt_operator.attempts import (
     pods_by_attempt,
     validate_template,
 )
-from ckpt_operator.models import TrainingRunSpec, TrainingRunStatus
-from ckpt_operator.records import CheckpointInfo
-from ckpt_operator.restart_policy import Failure
-from ckpt_operator.resume import resume_plan, resume_target
+from ckpt_operator.policy.restart import Failure
+from ckpt_operator.policy.resume import resume_plan, resume_target
+from ckpt_operator.views.checkpoint import CheckpointInfo
 from tests.unit.factories import checkpoint as ckpt
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 ROOT = "file:///tmp/store"
 TEMPLATE: dict[str, Any] = {
-    "metadata": {"labels": {"team": "ml", layout.LABEL_RUN: "spoofed"}, "annotations": {"a": "b"}},
+    "metadata": {"labels": {"team": "ml", names.LABEL_RUN: "spoofed"}, "annotations": {"a": "b"}},
     "spec": {
         "restartPolicy": "Always",
         "containers": [
@@ -108,7 +108,7 @@ def test_build_pod() -> None:
     )
     meta = body["metadata"]
     assert meta["name"] == "r-attempt-2"
-    assert meta["labels"] == {"team": "ml", layout.LABEL_RUN: "r", layout.LABEL_ATTEMPT: "2"}
+    assert meta["labels"] == {"team": "ml", names.LABEL_RUN: "r", names.LABEL_ATTEMPT: "2"}
     assert meta["annotations"]["a"] == "b"
     assert meta["ownerReferences"] == [
         {
@@ -215,7 +215,7 @@ def test_attempt_pod_from_body() -> None:
         "metadata": {
             "name": "r-attempt-3",
             "namespace": "ns",
-            "labels": {layout.LABEL_RUN: "r", layout.LABEL_ATTEMPT: "3"},
+            "labels": {names.LABEL_RUN: "r", names.LABEL_ATTEMPT: "3"},
             "ownerReferences": [{"uid": "other"}, {"uid": "uid", "controller": True}],
         },
         "spec": {"containers": [{"name": "trainer"}]},
@@ -235,10 +235,10 @@ def test_attempt_pod_from_body() -> None:
     assert (p.run, p.attempt, p.owner_uid, p.phase) == ("r", 3, "uid", "Failed")
     assert p.failure.exit_code == 1
     assert p.started_at == T0 and p.finished_at == T0 + timedelta(minutes=1)
-    body["metadata"]["labels"][layout.LABEL_ATTEMPT] = "x"
+    body["metadata"]["labels"][names.LABEL_ATTEMPT] = "x"
     assert AttemptPod.from_body(body) is None
     body["status"]["phase"] = "Weird"
-    body["metadata"]["labels"][layout.LABEL_ATTEMPT] = "1"
+    body["metadata"]["labels"][names.LABEL_ATTEMPT] = "1"
     assert AttemptPod.from_body(body).phase == "Unknown"  # type: ignore[union-attr]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ckpt_operator import crdgen, models
+from ckpt_operator.api import crdgen, models
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckpt_operator import layout
-from ckpt_operator.deletion import (
+from ckpt_operator.api import names
+from ckpt_operator.policy.deletion import (
     ConsumerView,
     RunView,
     checkpoint_view,
@@ -20,7 +20,7 @@ from ckpt_operator.deletion import (
     seconds_until_change,
     selector_matches,
 )
-from ckpt_operator.records import CheckpointInfo
+from ckpt_operator.views.checkpoint import CheckpointInfo
 from tests.unit.factories import checkpoint as ckpt
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -123,8 +123,8 @@ def test_views_from_bodies() -> None:
     pod = {
         "metadata": {
             "name": "c",
-            "labels": {layout.LABEL_CONSUMER_OF: "r"},
-            "annotations": {layout.ANNOTATION_LOADED_STEP: " 7 "},
+            "labels": {names.LABEL_CONSUMER_OF: "r"},
+            "annotations": {names.ANNOTATION_LOADED_STEP: " 7 "},
             "creationTimestamp": "2025-01-01T00:00:00Z",
             "managedFields": [
                 {"manager": "kubelet", "time": "2025-01-01T11:00:00Z", "fieldsV1": {}},
@@ -132,7 +132,7 @@ def test_views_from_bodies() -> None:
                     "manager": "consumer",
                     "time": "2025-01-01T10:00:00Z",
                     "fieldsV1": {
-                        "f:metadata": {"f:annotations": {f"f:{layout.ANNOTATION_LOADED_STEP}": {}}}
+                        "f:metadata": {"f:annotations": {f"f:{names.ANNOTATION_LOADED_STEP}": {}}}
                     },
                 },
             ],
@@ -146,7 +146,7 @@ def test_views_from_bodies() -> None:
         2025, 1, 1, tzinfo=UTC
     )
     garbage = consumer_from_pod(
-        {"metadata": {"name": "g", "annotations": {layout.ANNOTATION_LOADED_STEP: "x"}}}
+        {"metadata": {"name": "g", "annotations": {names.ANNOTATION_LOADED_STEP: "x"}}}
     )
     assert garbage.loaded_step is None
 

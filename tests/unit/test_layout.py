@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ckpt_operator import layout
+from ckpt_operator.storage import layout
 
 names = st.builds(
     layout.CheckpointName,

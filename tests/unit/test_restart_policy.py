@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckpt_operator.models import Backoff, FailureRule, RestartPolicy
-from ckpt_operator.restart_policy import (
+from ckpt_operator.api.models import Backoff, FailureRule, RestartPolicy
+from ckpt_operator.policy.restart import (
     BUDGET_EXHAUSTED,
     FAILED_BY_RULE,
     NO_PROGRESS,

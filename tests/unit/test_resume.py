@@ -7,8 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckpt_operator.records import CheckpointInfo
-from ckpt_operator.resume import (
+from ckpt_operator.policy.resume import (
     MAX_CANDIDATES,
     made_progress,
     resume_candidates,
@@ -16,6 +15,7 @@ from ckpt_operator.resume import (
     resume_target,
     usable,
 )
+from ckpt_operator.views.checkpoint import CheckpointInfo
 from tests.unit.factories import checkpoint as ckpt
 
 PHASES = ("Pending", "Ready", "Invalid", "Deleting")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckpt_operator.deletion import newest_protected
-from ckpt_operator.records import CheckpointInfo
-from ckpt_operator.retention import expired
+from ckpt_operator.policy.deletion import newest_protected
+from ckpt_operator.policy.retention import expired
+from ckpt_operator.views.checkpoint import CheckpointInfo
 from tests.unit.factories import checkpoint
 
 

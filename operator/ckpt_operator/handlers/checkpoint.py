@@ -3,8 +3,9 @@
 Deleting a Checkpoint object is the only way storage goes (retention, run deletion, ``kubectl
 delete ckpt`` and the plugin all delete the object). Kopf's finalizer ``ckpt.dev/storage-
 protection`` keeps the object until :func:`release_storage` returns: it waits while
-:func:`~ckpt_operator.deletion.deletion_blockers` names a reason (shown in ``status.blockedBy``),
-then deletes the files (already missing counts as success) and lets Kopf drop the finalizer.
+:func:`~ckpt_operator.policy.deletion.deletion_blockers` names a reason (shown in
+``status.blockedBy``), then deletes the files (already missing counts as success) and lets Kopf
+drop the finalizer.
 A storage error leaves the record (condition ``DeleteFailed``, a Warning event) and retries
 with backoff. After an operator restart Kopf calls the handler again; the indexes it decides on
 are fully listed before any handler runs, so a restart never deletes anything unsafe.
@@ -20,26 +21,28 @@ from typing import Any
 
 import kopf
 
-from ckpt_operator import conditions, layout, manifest, metrics
-from ckpt_operator.deletion import (
+from ckpt_operator import metrics
+from ckpt_operator.api import conditions, names
+from ckpt_operator.handlers import consumers, kubeapi
+from ckpt_operator.handlers import store_scan as store_scan
+from ckpt_operator.handlers.common import initial_status, resource
+from ckpt_operator.policy.deletion import (
     RunView,
     checkpoint_view,
     consumers_of,
     deletion_blockers,
     seconds_until_change,
 )
-from ckpt_operator.handlers import consumers, kubeapi
-from ckpt_operator.handlers import store_scan as store_scan
-from ckpt_operator.handlers.common import initial_status, resource
-from ckpt_operator.storage import PathEscapeError, Store, StoreError
-from ckpt_operator.stores import CredentialsError, open_store
+from ckpt_operator.storage import layout, manifest
+from ckpt_operator.storage.open import CredentialsError, open_store
+from ckpt_operator.storage.store import PathEscapeError, Store, StoreError
 
 __all__ = ["store_scan"]
 
 CHECKPOINTS = resource("checkpoints")
-ANNOTATION_STORE = f"{layout.GROUP}/store"
+ANNOTATION_STORE = f"{names.GROUP}/store"
 """The store root a checkpoint was verified in: where its files are if its run is gone."""
-ANNOTATION_STORE_SECRET = f"{layout.GROUP}/store-secret"
+ANNOTATION_STORE_SECRET = f"{names.GROUP}/store-secret"
 VERIFIED = "Verified"
 DELETE_FAILED = "DeleteFailed"
 RUN_WAIT_RETRIES = 10
@@ -151,7 +154,7 @@ async def verify(
 
 def owner_reference(run: RunView) -> dict[str, Any]:
     return {
-        "apiVersion": layout.API_VERSION,
+        "apiVersion": names.API_VERSION,
         "kind": "TrainingRun",
         "name": run.name,
         "uid": run.uid,

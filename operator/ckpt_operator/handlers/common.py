@@ -6,12 +6,12 @@ from typing import Any
 
 import kopf
 
-from ckpt_operator import conditions, layout
+from ckpt_operator.api import conditions, names
 
 
 def resource(plural: str) -> tuple[str, str, str]:
     """Positional arguments selecting one of our custom resources in a Kopf decorator."""
-    return (layout.GROUP, layout.VERSION, plural)
+    return (names.GROUP, names.VERSION, plural)
 
 
 def initial_status(

@@ -18,9 +18,10 @@ from typing import Any
 
 import kopf
 
-from ckpt_operator import conditions, metrics
-from ckpt_operator.deletion import ConsumerView, RunView, consumers_of, is_silent
+from ckpt_operator import metrics
+from ckpt_operator.api import conditions
 from ckpt_operator.handlers.common import resource
+from ckpt_operator.policy.deletion import ConsumerView, RunView, consumers_of, is_silent
 
 POLICY = "policy"
 """Channel: something a blocker depends on changed (a report, an attempt, a newer Ready)."""

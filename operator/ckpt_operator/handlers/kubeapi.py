@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckpt_operator import layout
-from ckpt_operator.stores import api_client
+from ckpt_operator.api import names
+from ckpt_operator.storage.open import api_client
 
 _MERGE = "application/merge-patch+json"
 
@@ -30,7 +30,7 @@ async def get_checkpoint(namespace: str, name: str) -> dict[str, Any] | None:
 
     try:
         body: dict[str, Any] = await (await _custom()).get_namespaced_custom_object(
-            layout.GROUP, layout.VERSION, namespace, "checkpoints", name
+            names.GROUP, names.VERSION, namespace, "checkpoints", name
         )
     except ApiException as exc:
         if _missing(exc):
@@ -44,8 +44,8 @@ async def patch_checkpoint_status(namespace: str, name: str, status: dict[str, A
 
     try:
         await (await _custom()).patch_namespaced_custom_object_status(
-            layout.GROUP,
-            layout.VERSION,
+            names.GROUP,
+            names.VERSION,
             namespace,
             "checkpoints",
             name,
@@ -63,7 +63,7 @@ async def delete_checkpoint(namespace: str, name: str) -> bool:
 
     try:
         await (await _custom()).delete_namespaced_custom_object(
-            layout.GROUP, layout.VERSION, namespace, "checkpoints", name
+            names.GROUP, names.VERSION, namespace, "checkpoints", name
         )
     except ApiException as exc:
         if _missing(exc):
@@ -78,7 +78,7 @@ async def create_checkpoint(namespace: str, body: dict[str, Any]) -> bool:
 
     try:
         await (await _custom()).create_namespaced_custom_object(
-            layout.GROUP, layout.VERSION, namespace, "checkpoints", body
+            names.GROUP, names.VERSION, namespace, "checkpoints", body
         )
     except ApiException as exc:
         if exc.status == 409:

@@ -13,12 +13,12 @@ from typing import Any
 
 import kopf
 
-from ckpt_operator import layout
-from ckpt_operator.attempts import AttemptPod
+from ckpt_operator.api import names
+from ckpt_operator.policy.attempts import AttemptPod
 
 RunKey = tuple[str, str]  # (namespace, run name)
 
-ATTEMPT_LABELS = {layout.LABEL_RUN: kopf.PRESENT, layout.LABEL_ATTEMPT: kopf.PRESENT}
+ATTEMPT_LABELS = {names.LABEL_RUN: kopf.PRESENT, names.LABEL_ATTEMPT: kopf.PRESENT}
 
 
 class Wakeups:
@@ -77,4 +77,4 @@ async def attempt_pods(
 @kopf.on.event("pods", labels=ATTEMPT_LABELS)
 async def attempt_pod_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
     """The index is already updated when this runs: just wake the run's controller."""
-    wakeups.kick((namespace or "", str(labels.get(layout.LABEL_RUN, ""))))
+    wakeups.kick((namespace or "", str(labels.get(names.LABEL_RUN, ""))))

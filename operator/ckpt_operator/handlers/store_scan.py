@@ -27,14 +27,17 @@ from typing import Any
 
 import kopf
 
-from ckpt_operator import layout, metrics, retention
+from ckpt_operator import metrics
+from ckpt_operator.api import names
 from ckpt_operator.config import OperatorConfig
-from ckpt_operator.deletion import RunView, blocking_consumers, run_from_body
 from ckpt_operator.handlers import consumers, kubeapi
 from ckpt_operator.handlers.common import resource
-from ckpt_operator.manifest import VerifyError, scan
-from ckpt_operator.storage import Store, StoreError
-from ckpt_operator.stores import open_store
+from ckpt_operator.policy import retention
+from ckpt_operator.policy.deletion import RunView, blocking_consumers, run_from_body
+from ckpt_operator.storage import layout
+from ckpt_operator.storage.manifest import VerifyError, scan
+from ckpt_operator.storage.open import open_store
+from ckpt_operator.storage.store import Store, StoreError
 
 TRAINING_RUNS = resource("trainingruns")
 
@@ -116,15 +119,15 @@ def checkpoint_object(
     meta: dict[str, Any] = {
         "name": name.object_name(run.name),
         "labels": {
-            layout.LABEL_RUN: run.name,
-            layout.LABEL_ATTEMPT: str(name.attempt),
-            layout.LABEL_STEP: str(name.step),
+            names.LABEL_RUN: run.name,
+            names.LABEL_ATTEMPT: str(name.attempt),
+            names.LABEL_STEP: str(name.step),
         },
     }
     if run.uid:
         meta["ownerReferences"] = [
             {
-                "apiVersion": layout.API_VERSION,
+                "apiVersion": names.API_VERSION,
                 "kind": "TrainingRun",
                 "name": run.name,
                 "uid": run.uid,
@@ -141,7 +144,7 @@ def checkpoint_object(
     }
     if metrics_:
         spec["metrics"] = {k: float(v) for k, v in metrics_.items()}
-    return {"apiVersion": layout.API_VERSION, "kind": "Checkpoint", "metadata": meta, "spec": spec}
+    return {"apiVersion": names.API_VERSION, "kind": "Checkpoint", "metadata": meta, "spec": spec}
 
 
 def _committed(store: Store, entry: str) -> tuple[layout.CheckpointName, str, Any] | None:

@@ -27,15 +27,17 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from ckpt_operator import attempts, layout, metrics
-from ckpt_operator.attempts import AttemptPod, RunState, Step
+from ckpt_operator import metrics
+from ckpt_operator.api import names
+from ckpt_operator.api.models import CheckpointRef, TrainingRunSpec, TrainingRunStatus
 from ckpt_operator.config import OperatorConfig
 from ckpt_operator.handlers import pods
 from ckpt_operator.handlers.common import resource
-from ckpt_operator.models import CheckpointRef, TrainingRunSpec, TrainingRunStatus
-from ckpt_operator.records import CheckpointInfo
-from ckpt_operator.storage import Store, StoreError
-from ckpt_operator.stores import api_client
+from ckpt_operator.policy import attempts
+from ckpt_operator.policy.attempts import AttemptPod, RunState, Step
+from ckpt_operator.storage.open import api_client
+from ckpt_operator.storage.store import Store, StoreError
+from ckpt_operator.views.checkpoint import CheckpointInfo
 
 __all__ = ["pods"]
 
@@ -157,7 +159,7 @@ class RunController:
                 del self.created[attempt]
             else:
                 found[attempt] = AttemptPod(
-                    name=layout.attempt_pod_name(self.name, attempt),
+                    name=names.attempt_pod_name(self.name, attempt),
                     namespace=self.namespace,
                     run=self.name,
                     attempt=attempt,
@@ -232,8 +234,8 @@ class RunController:
         api: Any = client.CustomObjectsApi(await api_client())
         try:
             response: dict[str, Any] = await api.patch_namespaced_custom_object_status(
-                layout.GROUP,
-                layout.VERSION,
+                names.GROUP,
+                names.VERSION,
                 self.namespace,
                 "trainingruns",
                 self.name,
@@ -244,7 +246,7 @@ class RunController:
             if _status_of(exc) == 409:
                 # Our view is stale: read the current object and decide again at once.
                 fresh = await api.get_namespaced_custom_object(
-                    layout.GROUP, layout.VERSION, self.namespace, "trainingruns", self.name
+                    names.GROUP, names.VERSION, self.namespace, "trainingruns", self.name
                 )
                 self.written = (self.live_version(), fresh)
                 raise _Retry from exc

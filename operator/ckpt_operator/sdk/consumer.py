@@ -16,13 +16,14 @@ from typing import Any
 
 import torch
 
-from ckpt_operator.layout import ANNOTATION_LOADED_STEP, Format, parse_committed
-from ckpt_operator.manifest import scan
+from ckpt_operator.api.names import ANNOTATION_LOADED_STEP, Format
 from ckpt_operator.sdk.manager import Stateful
 from ckpt_operator.sdk.registry import KubeRegistry, Registry
 from ckpt_operator.sdk.safetar import safe_extract
 from ckpt_operator.sdk.state import CONFIG_FILE, MODEL_FILE, load_tensors, read_files
-from ckpt_operator.storage import Store
+from ckpt_operator.storage.layout import parse_committed
+from ckpt_operator.storage.manifest import scan
+from ckpt_operator.storage.store import Store
 
 log = logging.getLogger(__name__)
 

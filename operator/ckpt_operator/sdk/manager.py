@@ -10,8 +10,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ckpt_operator.layout import CheckpointName, Format, parse_committed
-from ckpt_operator.manifest import VerifyError
+from ckpt_operator.api.names import Format
 from ckpt_operator.sdk.asyncsave import AsyncWriter
 from ckpt_operator.sdk.registry import CheckpointRecord, KubeRegistry, Registry
 from ckpt_operator.sdk.state import (
@@ -28,7 +27,9 @@ from ckpt_operator.sdk.state import (
 )
 from ckpt_operator.sdk.tensorfile import TensorFileError
 from ckpt_operator.sdk.writer import write_checkpoint
-from ckpt_operator.storage import Store, StoreError
+from ckpt_operator.storage.layout import CheckpointName, parse_committed
+from ckpt_operator.storage.manifest import VerifyError
+from ckpt_operator.storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 

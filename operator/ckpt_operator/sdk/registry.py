@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ckpt_operator.layout import (
+from ckpt_operator.api.names import (
     API_VERSION,
     GROUP,
     LABEL_ATTEMPT,

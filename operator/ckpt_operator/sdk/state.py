@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ckpt_operator.manifest import Manifest, scan
 from ckpt_operator.sdk.tensorfile import decode, encode
-from ckpt_operator.storage import Store
+from ckpt_operator.storage.manifest import Manifest, scan
+from ckpt_operator.storage.store import Store
 
 MODEL_FILE = "model.safetensors"
 TENSORS_FILE = "state.safetensors"

@@ -30,9 +30,9 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
-from ckpt_operator.layout import MANIFEST_NAME, CheckpointName
-from ckpt_operator.manifest import CHUNK, FileEntry, Manifest, new_hasher
-from ckpt_operator.storage import Store, StoreError
+from ckpt_operator.storage.layout import MANIFEST_NAME, CheckpointName
+from ckpt_operator.storage.manifest import CHUNK, FileEntry, Manifest, new_hasher
+from ckpt_operator.storage.store import Store, StoreError
 
 Files = Mapping[str, tuple[Sequence[memoryview], int]]
 _SMALL = 64 << 10

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ckpt_operator import crdgen
+from ckpt_operator.api import crdgen
 from ckpt_operator.testing.binaries import cache_dir
 from ckpt_operator.testing.controlplane import ControlPlane, ControlPlaneError
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ckpt_operator import crdgen
+from ckpt_operator.api import crdgen
 from ckpt_operator.testing.binaries import ensure_binaries
 from ckpt_operator.testing.controlplane import ControlPlane, api_client
 from ckpt_operator.testing.operator_process import OperatorProcess

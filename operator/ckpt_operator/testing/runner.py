@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-from ckpt_operator.conditions import now_iso
+from ckpt_operator.api.conditions import now_iso
 from ckpt_operator.testing.controlplane import api_client
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,10 @@ from typing import Any
 import kopf
 import prometheus_client
 
-from ckpt_operator import handlers, indexes, layout
+from ckpt_operator import handlers
+from ckpt_operator.api import names
 from ckpt_operator.config import OperatorConfig
+from ckpt_operator.handlers import indexes
 
 __all__ = ["handlers", "indexes", "run"]
 
@@ -21,10 +23,10 @@ log = logging.getLogger(__name__)
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Production settings: our own finalizer and annotation prefix, bounded watches."""
-    settings.persistence.finalizer = layout.FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=layout.GROUP)
+    settings.persistence.finalizer = names.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=layout.GROUP, key="last-handled-configuration"
+        prefix=names.GROUP, key="last-handled-configuration"
     )
     # Silent watches (a dropped connection through a proxy) must reconnect, not hang forever.
     settings.watching.server_timeout = 300

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpt_operator import layout
+from ckpt_operator.api import names
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class CheckpointInfo:
             kind=spec.get("kind", "full"),
             phase=status.get("phase") or "Pending",
             terminating=bool(meta.get("deletionTimestamp")),
-            force_delete=annotations.get(layout.ANNOTATION_FORCE_DELETE) == "true",
+            force_delete=annotations.get(names.ANNOTATION_FORCE_DELETE) == "true",
             size_bytes=status.get("sizeBytes"),
             metrics=dict(spec.get("metrics") or {}),
         )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ckpt_operator.models import Backoff, FailureRule, RestartPolicy
+from ckpt_operator.api.models import Backoff, FailureRule, RestartPolicy
 
 Action = Literal["Retry", "FailRun", "Ignore"]
 

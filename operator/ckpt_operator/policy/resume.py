@@ -14,7 +14,7 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ckpt_operator.records import CheckpointInfo
+from ckpt_operator.views.checkpoint import CheckpointInfo
 
 MAX_CANDIDATES = 8
 """How many fallbacks ``CKPT_RESUME_CANDIDATES`` lists: enough to survive a few corrupt

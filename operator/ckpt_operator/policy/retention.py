@@ -1,7 +1,7 @@
 """Which checkpoints a run's retention policy expires: a pure function.
 
 Retention only *marks*: the operator deletes the expired Checkpoint objects, and their storage
-goes through the same finalizer and :func:`ckpt_operator.deletion.deletion_blockers` as any
+goes through the same finalizer and :func:`ckpt_operator.policy.deletion.deletion_blockers` as any
 other deletion, so a lagging consumer still holds an expired checkpoint.
 
 Rules, over the run's verified (Ready) checkpoints that are not already being deleted:
@@ -14,7 +14,7 @@ Rules, over the run's verified (Ready) checkpoints that are not already being de
   one expires. With none set, none expires by them.
 * ``maxBytes`` then caps the survivors' total size: the oldest survivors expire first.
 
-The run's newest Ready checkpoints (see :func:`~ckpt_operator.deletion.newest_protected`) and
+The run's newest Ready checkpoints (see :func:`~ckpt_operator.policy.deletion.newest_protected`) and
 current resume targets never expire. Pending and Invalid checkpoints are left alone.
 """
 
@@ -24,9 +24,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ckpt_operator.deletion import newest_protected, verified
-from ckpt_operator.models import Retention
-from ckpt_operator.records import CheckpointInfo
+from ckpt_operator.api.models import Retention
+from ckpt_operator.policy.deletion import newest_protected, verified
+from ckpt_operator.views.checkpoint import CheckpointInfo
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from ckpt_operator import layout
-from ckpt_operator.records import CheckpointInfo
+from ckpt_operator.api import names
+from ckpt_operator.views.checkpoint import CheckpointInfo
 
 DEFAULT_REPORT_TIMEOUT_S = 600.0
 VERIFIED = "Verified"
@@ -86,7 +86,7 @@ def parse_time(value: Any) -> datetime | None:
 
 def _reports_loaded_step(fields: Any) -> bool:
     annotations = ((fields or {}).get("f:metadata") or {}).get("f:annotations") or {}
-    return f"f:{layout.ANNOTATION_LOADED_STEP}" in annotations
+    return f"f:{names.ANNOTATION_LOADED_STEP}" in annotations
 
 
 def last_report_time(meta: Mapping[str, Any]) -> datetime:
@@ -110,7 +110,7 @@ def last_report_time(meta: Mapping[str, Any]) -> datetime:
 
 def consumer_from_pod(body: Mapping[str, Any]) -> ConsumerView:
     meta = body.get("metadata") or {}
-    raw = (meta.get("annotations") or {}).get(layout.ANNOTATION_LOADED_STEP)
+    raw = (meta.get("annotations") or {}).get(names.ANNOTATION_LOADED_STEP)
     try:
         loaded = int(str(raw).strip()) if raw is not None else None
     except ValueError:
@@ -152,7 +152,7 @@ def run_from_body(body: Mapping[str, Any]) -> RunView:
 
 
 def default_selector(run: str) -> dict[str, Any]:
-    return {"matchLabels": {layout.LABEL_CONSUMER_OF: run}}
+    return {"matchLabels": {names.LABEL_CONSUMER_OF: run}}
 
 
 def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:

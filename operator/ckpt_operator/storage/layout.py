@@ -1,7 +1,7 @@
-"""Names of things in a run's checkpoint store and in the Kubernetes API.
+"""Names of things in a run's checkpoint store.
 
-One module owns every naming rule, so the SDK that writes checkpoints, the operator that scans
-and deletes them, and the kubectl plugin that resolves ``RUN/STEP`` always agree.
+One module owns every store naming rule, so the SDK that writes checkpoints, the operator that
+scans and deletes them, and the kubectl plugin that resolves ``RUN/STEP`` always agree.
 
 Store layout under the run's root (``CKPT_STORE``)::
 
@@ -19,28 +19,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
-GROUP = "ckpt.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-FINALIZER = f"{GROUP}/storage-protection"
-
-LABEL_RUN = f"{GROUP}/run"
-LABEL_ATTEMPT = f"{GROUP}/attempt"
-LABEL_STEP = f"{GROUP}/step"
-LABEL_CONSUMER_OF = f"{GROUP}/consumer-of"
-ANNOTATION_LOADED_STEP = f"{GROUP}/loaded-step"
-ANNOTATION_FORCE_DELETE = f"{GROUP}/force-delete"
+from ckpt_operator.api.names import KIND_PREFIX, Format, Kind, checkpoint_object_name
 
 MANIFEST_NAME = "MANIFEST.json"
 TMP_PREFIX = ".tmp."
 TAR_SUFFIX = ".tar"
 
-Format = Literal["dir", "tar"]
-Kind = Literal["full", "weights"]
-
-_PREFIX: dict[Kind, str] = {"full": "step", "weights": "weights"}
 _COMMITTED = re.compile(
     r"^(?P<prefix>step|weights)-(?P<step>\d{10})\.attempt-(?P<attempt>\d+)(?P<tar>\.tar)?$"
 )
@@ -58,7 +43,7 @@ class CheckpointName:
     @property
     def path(self) -> str:
         """Path relative to the run's store root."""
-        base = f"{_PREFIX[self.kind]}-{self.step:010d}.attempt-{self.attempt}"
+        base = f"{KIND_PREFIX[self.kind]}-{self.step:010d}.attempt-{self.attempt}"
         return base + TAR_SUFFIX if self.format == "tar" else base
 
     def object_name(self, run: str) -> str:
@@ -68,10 +53,6 @@ class CheckpointName:
     def temporary_path(self, unique: str) -> str:
         """Where it is written before the commit; ``unique`` keeps concurrent writers apart."""
         return f"{TMP_PREFIX}{self.path}.{unique}"
-
-
-def checkpoint_object_name(run: str, step: int, attempt: int, kind: Kind = "full") -> str:
-    return f"{run}-{_PREFIX[kind]}-{step}-a{attempt}"
 
 
 def parse_committed(path: str) -> CheckpointName | None:
@@ -86,11 +67,6 @@ def parse_committed(path: str) -> CheckpointName | None:
 
 def is_temporary(path: str) -> bool:
     return path.rstrip("/").rsplit("/", 1)[-1].startswith(TMP_PREFIX)
-
-
-def attempt_pod_name(run: str, attempt: int) -> str:
-    """Deterministic, so creating an attempt's pod twice is a harmless conflict."""
-    return f"{run}-attempt-{attempt}"
 
 
 def join_uri(root: str, path: str) -> str:

@@ -17,13 +17,13 @@ from typing import Any
 
 from rich.console import Console
 
-from ckpt_operator import crdgen, layout
+from ckpt_operator.api import crdgen, names
 from ckpt_operator.testing.binaries import ensure_binaries
 from ckpt_operator.testing.controlplane import ControlPlane, api_client
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.runner import LocalRunner
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
 DEMO_ROOT = Path("/tmp/ckpt-operator-demo")
 NAMESPACE = "default"
@@ -37,7 +37,7 @@ def _runs(kubeconfig: Path) -> list[dict[str, Any]]:
 
     with api_client(kubeconfig) as api:
         listed: Any = client.CustomObjectsApi(api).list_namespaced_custom_object(
-            layout.GROUP, layout.VERSION, NAMESPACE, "trainingruns"
+            names.GROUP, names.VERSION, NAMESPACE, "trainingruns"
         )
     runs: list[dict[str, Any]] = listed["items"]
     return runs
@@ -51,7 +51,7 @@ def _settled(kubeconfig: Path) -> bool:
         return False
     with api_client(kubeconfig) as api:
         listed: Any = client.CustomObjectsApi(api).list_namespaced_custom_object(
-            layout.GROUP, layout.VERSION, NAMESPACE, "checkpoints"
+            names.GROUP, names.VERSION, NAMESPACE, "checkpoints"
         )
     return all(
         (c.get("status") or {}).get("phase") in ("Ready", "Invalid") for c in listed["items"]

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from ckpt_operator import layout, models
+from ckpt_operator.api import models, names
 
 _DROP = {"title", "discriminator"}
 
@@ -32,7 +32,7 @@ class CrdDefinition:
 
     @property
     def name(self) -> str:
-        return f"{self.plural}.{layout.GROUP}"
+        return f"{self.plural}.{names.GROUP}"
 
 
 def _column(name: str, path: str, type_: str = "string", **extra: Any) -> dict[str, Any]:
@@ -169,7 +169,7 @@ def crd(definition: CrdDefinition) -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {"name": definition.name},
         "spec": {
-            "group": layout.GROUP,
+            "group": names.GROUP,
             "scope": "Namespaced",
             "names": {
                 "kind": definition.kind,
@@ -181,7 +181,7 @@ def crd(definition: CrdDefinition) -> dict[str, Any]:
             },
             "versions": [
                 {
-                    "name": layout.VERSION,
+                    "name": names.VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
@@ -194,7 +194,7 @@ def crd(definition: CrdDefinition) -> dict[str, Any]:
 
 
 def render(definition: CrdDefinition) -> str:
-    header = "# Generated from ckpt_operator.models by `ckpt-operator crds`; do not edit.\n"
+    header = "# Generated from ckpt_operator.api.models by `ckpt-operator crds`; do not edit.\n"
     return header + yaml.safe_dump(crd(definition), sort_keys=False, width=100)
 
 

@@ -34,17 +34,19 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from ckpt_operator import conditions, layout, restart_policy
-from ckpt_operator.models import (
+from ckpt_operator.api import conditions, names
+from ckpt_operator.api.models import (
     AttemptStatus,
     CheckpointRef,
     Condition,
     TrainingRunSpec,
     TrainingRunStatus,
 )
-from ckpt_operator.records import CheckpointInfo
-from ckpt_operator.restart_policy import Failure
-from ckpt_operator.resume import ResumePlan, made_progress, resume_plan
+from ckpt_operator.policy import restart
+from ckpt_operator.policy.restart import Failure
+from ckpt_operator.policy.resume import ResumePlan, made_progress, resume_plan
+from ckpt_operator.storage import layout
+from ckpt_operator.views.checkpoint import CheckpointInfo
 
 READY, PROGRESSING, FAILED = "Ready", "Progressing", "Failed"
 OUR_CONDITIONS = (READY, PROGRESSING, FAILED)
@@ -56,8 +58,8 @@ STORE_NOT_ALLOWED = "StoreNotAllowed"
 RECOVERABLE = frozenset({INVALID_SPEC, INVALID_TEMPLATE, STORE_NOT_ALLOWED})
 
 POD_DELETED = "PodDeleted"
-ANNOTATION_RESUME_FROM = f"{layout.GROUP}/resume-from"
-ANNOTATION_RESUME_STEP = f"{layout.GROUP}/resume-step"
+ANNOTATION_RESUME_FROM = f"{names.GROUP}/resume-from"
+ANNOTATION_RESUME_STEP = f"{names.GROUP}/resume-step"
 
 ENV_NAMES = (
     "CKPT_RUN",
@@ -111,7 +113,7 @@ class AttemptPod:
         """The view of a pod labelled as an attempt, or None when its labels are not ours."""
         meta = body.get("metadata") or {}
         labels = meta.get("labels") or {}
-        run, attempt = labels.get(layout.LABEL_RUN), labels.get(layout.LABEL_ATTEMPT)
+        run, attempt = labels.get(names.LABEL_RUN), labels.get(names.LABEL_ATTEMPT)
         if not run or attempt is None or not str(attempt).isdigit():
             return None
         owner = next(
@@ -303,17 +305,17 @@ def build_pod(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": layout.attempt_pod_name(run, attempt),
+            "name": names.attempt_pod_name(run, attempt),
             "namespace": namespace,
             "labels": {
                 **(tmeta.get("labels") or {}),
-                layout.LABEL_RUN: run,
-                layout.LABEL_ATTEMPT: str(attempt),
+                names.LABEL_RUN: run,
+                names.LABEL_ATTEMPT: str(attempt),
             },
             "annotations": annotations,
             "ownerReferences": [
                 {
-                    "apiVersion": layout.API_VERSION,
+                    "apiVersion": names.API_VERSION,
                     "kind": "TrainingRun",
                     "name": run,
                     "uid": run_uid,
@@ -484,7 +486,7 @@ def _start(b: _Builder, attempt: int, plan: ResumePlan) -> None:
         *st.attempts,
         AttemptStatus(
             attempt=attempt,
-            pod=layout.attempt_pod_name(b.state.name, attempt),
+            pod=names.attempt_pod_name(b.state.name, attempt),
             start_time=b.state.now.replace(microsecond=0),
             phase="Pending",
             resumed_from=ref,
@@ -552,7 +554,7 @@ def _close(
     failure: Failure,
     end: datetime | None,
     now: datetime,
-    action: restart_policy.Action | None,
+    action: restart.Action | None,
 ) -> AttemptStatus:
     return record.model_copy(
         update={
@@ -589,7 +591,7 @@ def _failed(
 ) -> None:
     st = b.status
     resumed = record.resumed_from.step if record.resumed_from else None
-    decision = restart_policy.decide(
+    decision = restart.decide(
         spec.restart_policy,
         failure,
         attempt=record.attempt,

@@ -1,7 +1,7 @@
 """``kubectl ckpt``: list checkpoints and delete them safely, one by one or in bulk.
 
 Deleting means deleting the Checkpoint *object*; the operator's finalizer deletes the storage
-once :func:`ckpt_operator.deletion.deletion_blockers` allows it, exactly as for ``kubectl
+once :func:`ckpt_operator.policy.deletion.deletion_blockers` allows it, exactly as for ``kubectl
 delete ckpt NAME`` or retention. ``--dry-run`` evaluates that same function here and shows
 what would go and what holds the rest back; ``--force`` sets ``ckpt.dev/force-delete`` first.
 
@@ -22,14 +22,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ckpt_operator import layout
-from ckpt_operator.deletion import (
+from ckpt_operator.api import names
+from ckpt_operator.policy.deletion import (
     checkpoint_view,
     consumer_from_pod,
     consumers_of,
     deletion_blockers,
     run_from_body,
 )
+from ckpt_operator.storage import layout
 
 app = typer.Typer(
     help="Checkpoints of ckpt-operator TrainingRuns: list, and delete safely.",
@@ -61,7 +62,7 @@ class Cluster:
 
     def _list(self, plural: str, selector: str | None = None) -> list[Body]:
         found: Any = self.custom.list_namespaced_custom_object(
-            layout.GROUP, layout.VERSION, self.namespace, plural, label_selector=selector or ""
+            names.GROUP, names.VERSION, self.namespace, plural, label_selector=selector or ""
         )
         items: list[Body] = found.get("items", [])
         return items
@@ -80,9 +81,9 @@ class Cluster:
         return sanitized
 
     def force(self, name: str) -> None:
-        patch = {"metadata": {"annotations": {layout.ANNOTATION_FORCE_DELETE: "true"}}}
+        patch = {"metadata": {"annotations": {names.ANNOTATION_FORCE_DELETE: "true"}}}
         self.custom.patch_namespaced_custom_object(
-            layout.GROUP, layout.VERSION, self.namespace, "checkpoints", name, patch
+            names.GROUP, names.VERSION, self.namespace, "checkpoints", name, patch
         )
 
     def delete(self, name: str) -> bool:
@@ -90,7 +91,7 @@ class Cluster:
 
         try:
             self.custom.delete_namespaced_custom_object(
-                layout.GROUP, layout.VERSION, self.namespace, "checkpoints", name
+                names.GROUP, names.VERSION, self.namespace, "checkpoints", name
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -103,7 +104,7 @@ class Cluster:
 
         try:
             body: Any = self.custom.get_namespaced_custom_object(
-                layout.GROUP, layout.VERSION, self.namespace, "checkpoints", name
+                names.GROUP, names.VERSION, self.namespace, "checkpoints", name
             )
         except ApiException as exc:
             if exc.status == 404:

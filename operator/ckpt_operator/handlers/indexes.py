@@ -10,15 +10,15 @@ from typing import Any
 
 import kopf
 
-from ckpt_operator.deletion import (
+from ckpt_operator.handlers.common import resource
+from ckpt_operator.policy.deletion import (
     ConsumerView,
     RunView,
     checkpoint_view,
     consumer_from_pod,
     run_from_body,
 )
-from ckpt_operator.handlers.common import resource
-from ckpt_operator.records import CheckpointInfo
+from ckpt_operator.views.checkpoint import CheckpointInfo
 
 RunKey = tuple[str, str]  # (namespace, run name)
 

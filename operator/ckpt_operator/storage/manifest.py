@@ -1,6 +1,6 @@
 """The checkpoint manifest and the one verifier both the SDK and the operator use.
 
-A committed checkpoint holds :data:`~ckpt_operator.layout.MANIFEST_NAME` listing every file
+A committed checkpoint holds :data:`~ckpt_operator.storage.layout.MANIFEST_NAME` listing every file
 with its size and an xxh3-128 checksum, plus a digest over that list. xxh3-128 was measured
 fastest of the candidates on the 2-core build machines (xxh3-128 ≈ 10 GB/s, crc32c ≈ 5 GB/s,
 blake3 ≈ 1.4 GB/s on one core), so checking costs little next to disk I/O and the 128 bits
@@ -19,8 +19,9 @@ from typing import Any, Literal, Protocol
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, model_validator
 
-from ckpt_operator.layout import MANIFEST_NAME, Format, Kind, parse_committed
-from ckpt_operator.storage import Store, StoreError
+from ckpt_operator.api.names import Format, Kind
+from ckpt_operator.storage.layout import MANIFEST_NAME, parse_committed
+from ckpt_operator.storage.store import Store, StoreError
 
 ALGORITHM: Literal["xxh3-128"] = "xxh3-128"
 FORMAT_VERSION: Literal[1] = 1

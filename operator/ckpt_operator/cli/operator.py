@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ckpt_operator import crdgen
+from ckpt_operator.api import crdgen
 
 app = typer.Typer(
     help="ckpt-operator: resume training from the newest valid checkpoint; delete storage safely.",
@@ -60,8 +60,8 @@ def run(
     ] = False,
 ) -> None:
     """Run the operator against the cluster in KUBECONFIG or the in-cluster service account."""
-    from ckpt_operator import operator
     from ckpt_operator.config import OperatorConfig
+    from ckpt_operator.handlers import startup as operator
 
     config = OperatorConfig(
         allowed_roots=tuple(allowed_root or _split_env("CKPT_ALLOWED_ROOTS")),
@@ -125,6 +125,6 @@ def dev_down(
 @app.command()
 def demo() -> None:
     """Local control plane + operator + examples/, then `kubectl get tr,ckpt`; stops everything."""
-    from ckpt_operator import demo as demo_module
+    from ckpt_operator.cli import demo as demo_module
 
     raise typer.Exit(demo_module.main())

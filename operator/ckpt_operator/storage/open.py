@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ckpt_operator.storage import Store, StoreError
+from ckpt_operator.storage.store import Store, StoreError
 
 SECRET_TTL_S = 30.0
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")

@@ -1,0 +1,1 @@
+"""The API: resource schemas (the one source of the CRDs), the names of the contract, conditions."""

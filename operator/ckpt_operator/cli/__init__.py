@@ -1,0 +1,1 @@
+"""Command lines: ``ckpt-operator`` (run, crds, dev, demo) and ``kubectl-ckpt`` (the plugin)."""
