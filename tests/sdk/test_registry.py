@@ -10,8 +10,9 @@ from kubernetes.client.exceptions import ApiException
 
 from ckpt_operator.api.names import API_VERSION, LABEL_ATTEMPT, LABEL_RUN, LABEL_STEP
 from ckpt_operator.sdk.registry import CheckpointRecord, KubeRegistry
+from ckpt_operator.storage.layout import CheckpointName
 
-RECORD = CheckpointRecord("r", 200, 2, "step-0000000200.attempt-2.tar", "tar", "full", {"loss": 1})
+RECORD = CheckpointRecord("r", CheckpointName(200, 2, "tar"), {"loss": 1})
 
 
 class FakeCustom:

@@ -103,7 +103,7 @@ def test_restore_falls_back_past_a_damaged_checkpoint(
 ) -> None:
     registry = FakeRegistry()
     uris = _save_steps(file_store, fmt, registry)
-    assert [r.step for r in registry.registered] == [10, 20, 30]
+    assert [r.name.step for r in registry.registered] == [10, 20, 30]
     newest = file_store.rel_from_uri(uris[-1])
     named = _corrupt(file_store, newest, how)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ckpt_operator.api import names
 from ckpt_operator.api.names import ANNOTATION_LOADED_STEP, Format
 from ckpt_operator.sdk.manager import Stateful
 from ckpt_operator.sdk.registry import KubeRegistry, Registry
@@ -23,7 +24,7 @@ from ckpt_operator.sdk.safetar import safe_extract
 from ckpt_operator.sdk.state import CONFIG_FILE, MODEL_FILE, load_tensors, read_files
 from ckpt_operator.storage.layout import parse_committed
 from ckpt_operator.storage.manifest import scan
-from ckpt_operator.storage.store import Store
+from ckpt_operator.storage.store import Store, as_store
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,7 @@ class Consumer:
         registry: Registry | None = None,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.store = (
-            store
-            if isinstance(store, Store)
-            else Store.from_uri(store, storage_options=storage_options)
-        )
+        self.store = as_store(store, storage_options)
         self.run = run
         self.pod = pod
         self.registry = registry
@@ -67,18 +64,18 @@ class Consumer:
         """``CKPT_STORE``, ``CKPT_RUN``; the pod from the downward API (``POD_NAME``, else
         ``HOSTNAME``) in ``POD_NAMESPACE`` (else ``CKPT_NAMESPACE``)."""
         env = os.environ if env is None else env
-        missing = [k for k in ("CKPT_STORE", "CKPT_RUN") if not env.get(k)]
+        missing = [k for k in (names.ENV_STORE, names.ENV_RUN) if not env.get(k)]
         if missing:
             raise ValueError(f"{', '.join(missing)} not set: the consumer cannot find its run")
-        namespace = env.get("POD_NAMESPACE") or env.get("CKPT_NAMESPACE")
+        namespace = env.get(names.ENV_POD_NAMESPACE) or env.get(names.ENV_NAMESPACE)
         kwargs: dict[str, Any] = {
-            "run": env["CKPT_RUN"],
-            "pod": env.get("POD_NAME") or env.get("HOSTNAME"),
+            "run": env[names.ENV_RUN],
+            "pod": env.get(names.ENV_POD_NAME) or env.get("HOSTNAME"),
         }
         if namespace and "registry" not in overrides:
             kwargs["registry"] = KubeRegistry.connect(namespace)
         kwargs.update(overrides)
-        return cls(env["CKPT_STORE"], **kwargs)
+        return cls(env[names.ENV_STORE], **kwargs)
 
     def latest(self) -> WeightsRef | None:
         """The Ready weights checkpoint with the greatest step, or None."""

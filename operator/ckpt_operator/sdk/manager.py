@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ckpt_operator.api import names
 from ckpt_operator.api.names import Format
 from ckpt_operator.sdk.asyncsave import AsyncWriter
 from ckpt_operator.sdk.registry import CheckpointRecord, KubeRegistry, Registry
@@ -29,7 +30,7 @@ from ckpt_operator.sdk.tensorfile import TensorFileError
 from ckpt_operator.sdk.writer import write_checkpoint
 from ckpt_operator.storage.layout import CheckpointName, parse_committed
 from ckpt_operator.storage.manifest import VerifyError
-from ckpt_operator.storage.store import Store, StoreError
+from ckpt_operator.storage.store import Store, StoreError, as_store
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,15 @@ class Stateful(Protocol):
 
 def env_candidates(env: Mapping[str, str]) -> list[str] | None:
     """Resume candidates the operator handed over; None when no operator chose any."""
-    raw = env.get("CKPT_RESUME_CANDIDATES", "").strip()
+    raw = env.get(names.ENV_RESUME_CANDIDATES, "").strip()
     if raw:
         candidates = json.loads(raw)
         if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
-            raise ValueError("CKPT_RESUME_CANDIDATES must be a JSON list of URIs")
+            raise ValueError(f"{names.ENV_RESUME_CANDIDATES} must be a JSON list of URIs")
         return candidates
-    if env.get("CKPT_RESUME_FROM"):
-        return [env["CKPT_RESUME_FROM"]]
-    return [] if env.get("CKPT_RUN") else None
+    if env.get(names.ENV_RESUME_FROM):
+        return [env[names.ENV_RESUME_FROM]]
+    return [] if env.get(names.ENV_RUN) else None
 
 
 class CheckpointManager:
@@ -76,11 +77,7 @@ class CheckpointManager:
         max_pending: int = 1,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.store = (
-            store
-            if isinstance(store, Store)
-            else Store.from_uri(store, storage_options=storage_options)
-        )
+        self.store = as_store(store, storage_options)
         self.run = run
         self.attempt = attempt
         self.format: Format = format or ("dir" if self.store.is_local else "tar")
@@ -96,18 +93,18 @@ class CheckpointManager:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> CheckpointManager:
         """Configure from the operator's environment contract (``CKPT_STORE``, …)."""
         env = os.environ if env is None else env
-        if not env.get("CKPT_STORE"):
-            raise ValueError("CKPT_STORE is not set: no checkpoint store to use")
+        if not env.get(names.ENV_STORE):
+            raise ValueError(f"{names.ENV_STORE} is not set: no checkpoint store to use")
         kwargs: dict[str, Any] = {
-            "run": env.get("CKPT_RUN") or "local",
-            "attempt": int(env.get("CKPT_ATTEMPT") or 0),
+            "run": env.get(names.ENV_RUN) or "local",
+            "attempt": int(env.get(names.ENV_ATTEMPT) or 0),
             "resume_candidates": env_candidates(env),
         }
-        namespace = env.get("CKPT_NAMESPACE")
-        if env.get("CKPT_RUN") and namespace and "registry" not in overrides:
+        namespace = env.get(names.ENV_NAMESPACE)
+        if env.get(names.ENV_RUN) and namespace and "registry" not in overrides:
             kwargs["registry"] = KubeRegistry.connect(namespace)
         kwargs.update(overrides)
-        return cls(env["CKPT_STORE"], **kwargs)
+        return cls(env[names.ENV_STORE], **kwargs)
 
     # -- saving ---------------------------------------------------------------------------
 
@@ -182,17 +179,7 @@ class CheckpointManager:
         manifest = write_checkpoint(self.store, name, staged.files, run=self.run, metrics=metrics)
         log.info("committed %s (%d bytes)", self.store.uri(name.path), manifest.total_size)
         if self.registry is not None:
-            self.registry.register(
-                CheckpointRecord(
-                    self.run,
-                    name.step,
-                    name.attempt,
-                    name.path,
-                    name.format,
-                    name.kind,
-                    manifest.metrics,
-                )
-            )
+            self.registry.register(CheckpointRecord(self.run, name, manifest.metrics))
 
     def wait(self) -> None:
         """Block until every asynchronous save is committed; re-raise a failed one."""

@@ -12,22 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ckpt_operator.api.names import (
-    API_VERSION,
-    GROUP,
-    LABEL_ATTEMPT,
-    LABEL_RUN,
-    LABEL_STEP,
-    VERSION,
-    Format,
-    Kind,
-    checkpoint_object_name,
-)
+from ckpt_operator.api import names
+from ckpt_operator.kube.objects import checkpoint_body
+from ckpt_operator.storage.layout import CheckpointName
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = 10
-_MERGE_PATCH = "application/merge-patch+json"
 
 
 @dataclass(frozen=True)
@@ -35,52 +26,12 @@ class CheckpointRecord:
     """What the SDK knows about a checkpoint it just committed."""
 
     run: str
-    step: int
-    attempt: int
-    path: str
-    format: Format
-    kind: Kind
+    name: CheckpointName
     metrics: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def object_name(self) -> str:
-        return checkpoint_object_name(self.run, self.step, self.attempt, self.kind)
-
-
-def checkpoint_body(record: CheckpointRecord, owner_uid: str | None) -> dict[str, Any]:
-    """The Checkpoint object for ``record``, owned by its TrainingRun when the uid is known."""
-    metadata: dict[str, Any] = {
-        "name": record.object_name,
-        "labels": {
-            LABEL_RUN: record.run,
-            LABEL_ATTEMPT: str(record.attempt),
-            LABEL_STEP: str(record.step),
-        },
-    }
-    if owner_uid:
-        metadata["ownerReferences"] = [
-            {
-                "apiVersion": API_VERSION,
-                "kind": "TrainingRun",
-                "name": record.run,
-                "uid": owner_uid,
-                "controller": True,
-            }
-        ]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Checkpoint",
-        "metadata": metadata,
-        "spec": {
-            "run": record.run,
-            "step": record.step,
-            "attempt": record.attempt,
-            "path": record.path,
-            "format": record.format,
-            "kind": record.kind,
-            "metrics": {k: float(v) for k, v in record.metrics.items()},
-        },
-    }
+        return self.name.object_name(self.run)
 
 
 class Registry(Protocol):
@@ -136,8 +87,8 @@ class KubeRegistry:
         if run not in self._owner_uid:
             try:
                 obj = self._custom.get_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
+                    names.GROUP,
+                    names.VERSION,
                     self.namespace,
                     "trainingruns",
                     run,
@@ -150,10 +101,17 @@ class KubeRegistry:
         return self._owner_uid[run]
 
     def register(self, record: CheckpointRecord) -> None:
-        body = checkpoint_body(record, self._run_uid(record.run))
+        body = checkpoint_body(
+            record.run, record.name, metrics=record.metrics, owner_uid=self._run_uid(record.run)
+        )
         try:
             self._custom.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, "checkpoints", body, _request_timeout=TIMEOUT_S
+                names.GROUP,
+                names.VERSION,
+                self.namespace,
+                "checkpoints",
+                body,
+                _request_timeout=TIMEOUT_S,
             )
         except Exception as exc:
             if getattr(exc, "status", None) != 409:  # 409: already registered (by the scan)
@@ -162,13 +120,13 @@ class KubeRegistry:
     def mark_invalid(self, object_name: str, reason: str) -> None:
         try:
             self._custom.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
+                names.GROUP,
+                names.VERSION,
                 self.namespace,
                 "checkpoints",
                 object_name,
                 {"status": {"phase": "Invalid", "message": reason}},
-                _content_type=_MERGE_PATCH,
+                _content_type=names.MERGE_PATCH,
                 _request_timeout=TIMEOUT_S,
             )
         except Exception as exc:
@@ -177,11 +135,11 @@ class KubeRegistry:
 
     def list_checkpoints(self, run: str) -> list[dict[str, Any]]:
         result = self._custom.list_namespaced_custom_object(
-            GROUP,
-            VERSION,
+            names.GROUP,
+            names.VERSION,
             self.namespace,
             "checkpoints",
-            label_selector=f"{LABEL_RUN}={run}",
+            label_selector=f"{names.LABEL_RUN}={run}",
             _request_timeout=TIMEOUT_S,
         )
         items: list[dict[str, Any]] = result.get("items", [])
@@ -193,7 +151,7 @@ class KubeRegistry:
                 pod,
                 self.namespace,
                 {"metadata": {"annotations": dict(annotations)}},
-                _content_type=_MERGE_PATCH,
+                _content_type=names.MERGE_PATCH,
                 _request_timeout=TIMEOUT_S,
             )
         except Exception as exc:

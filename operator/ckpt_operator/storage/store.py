@@ -193,6 +193,13 @@ class Store:
             self.fs.rm(path, recursive=True)
 
 
+def as_store(store: str | Store, storage_options: Mapping[str, Any] | None = None) -> Store:
+    """``store`` itself, or the store at that URI (no allowed roots: the SDK's own choice)."""
+    if isinstance(store, Store):
+        return store
+    return Store.from_uri(store, storage_options=storage_options)
+
+
 def _mtime(info: Mapping[str, Any]) -> datetime | None:
     """fsspec reports times per backend: ``mtime`` (local, float) or ``LastModified`` (s3)."""
     if isinstance(info.get("LastModified"), datetime):
