@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -37,17 +36,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # for tests.integration.trainingrun_helpers
+from kubernetes import client, watch
 
-from kubernetes import client, watch  # noqa: E402
-from tests.integration.trainingrun_helpers import run_body, write_committed  # noqa: E402
-
-from ckpt_operator.api import crdgen, names  # noqa: E402
-from ckpt_operator.storage import layout  # noqa: E402
-from ckpt_operator.testing.controlplane import ControlPlane, api_client  # noqa: E402
-from ckpt_operator.testing.operator_process import OperatorProcess  # noqa: E402
-from ckpt_operator.testing.waiting import wait_for  # noqa: E402
+from ckpt_operator.api import crdgen, names
+from ckpt_operator.storage import layout
+from ckpt_operator.testing.checkpoints import write_checkpoint
+from ckpt_operator.testing.cluster import run_body
+from ckpt_operator.testing.controlplane import ControlPlane, api_client
+from ckpt_operator.testing.operator_process import OperatorProcess
+from ckpt_operator.testing.waiting import wait_for
 
 NS = "bench"
 FLOOR_LABEL = "bench.ckpt.dev/floor"
@@ -227,7 +224,7 @@ def request_counts(api: Any) -> Counter[tuple[str, str, str]]:
 
 def create_runs(api: Any, prefix: str, count: int, root: Path) -> list[str]:
     custom = client.CustomObjectsApi(api)
-    names = [f"{prefix}-{i}" for i in range(count)]
+    run_names = [f"{prefix}-{i}" for i in range(count)]
 
     def create(name: str) -> None:
         store = root / name
@@ -236,14 +233,14 @@ def create_runs(api: Any, prefix: str, count: int, root: Path) -> list[str]:
         custom.create_namespaced_custom_object(names.GROUP, names.VERSION, NS, "trainingruns", body)
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(create, names))
-    return names
+        list(pool.map(create, run_names))
+    return run_names
 
 
-def pods_exist(api: Any, names: Iterable[str]) -> bool:
+def pods_exist(api: Any, run_names: Iterable[str]) -> bool:
     core = client.CoreV1Api(api)
     present = {p.metadata.name for p in core.list_namespaced_pod(NS).items}
-    return set(names) <= present
+    return set(run_names) <= present
 
 
 def add_checkpoints(api: Any, runs: list[str], total: int, root: Path) -> None:
@@ -251,7 +248,7 @@ def add_checkpoints(api: Any, runs: list[str], total: int, root: Path) -> None:
     custom = client.CustomObjectsApi(api)
     jobs = [(runs[i % len(runs)], 10 * (i // len(runs) + 1)) for i in range(total)]
     for run, step in jobs:
-        write_committed(root / run, run, step, 0)
+        write_checkpoint(root / run, run, step, 0)
 
     def register(job: tuple[str, int]) -> None:
         run, step = job
@@ -327,21 +324,25 @@ def measure_cost(
     api: Any, prefix: str, checkpoints: int, root: Path, runs: int = 10
 ) -> dict[str, Any]:
     """API requests per restart for ``runs`` runs holding ``checkpoints`` checkpoints."""
-    names = create_runs(api, prefix, runs, root)
-    wait_for(lambda: pods_exist(api, [names.attempt_pod_name(n, 0) for n in names]), 120, "pods")
+    run_names = create_runs(api, prefix, runs, root)
+    wait_for(
+        lambda: pods_exist(api, [names.attempt_pod_name(n, 0) for n in run_names]), 120, "pods"
+    )
     started = time.monotonic()
-    add_checkpoints(api, names, checkpoints, root)
+    add_checkpoints(api, run_names, checkpoints, root)
     newest = 10 * -(-checkpoints // runs)
     settled(api)
-    wait_for(lambda: runs_at(api, names, 0, newest), 120, "latestCheckpoint", 0.5)
+    wait_for(lambda: runs_at(api, run_names, 0, newest), 120, "latestCheckpoint", 0.5)
     log(
         f"  {checkpoints} checkpoints registered and verified in {time.monotonic() - started:.0f} s"
     )
     time.sleep(3)  # let the operator settle
     before = request_counts(api)
-    fail_all(api, [names.attempt_pod_name(n, 0) for n in names])
-    wait_for(lambda: pods_exist(api, [names.attempt_pod_name(n, 1) for n in names]), 60, "restarts")
-    wait_for(lambda: runs_at(api, names, 1), 60, "attempt 1 recorded", 0.1)
+    fail_all(api, [names.attempt_pod_name(n, 0) for n in run_names])
+    wait_for(
+        lambda: pods_exist(api, [names.attempt_pod_name(n, 1) for n in run_names]), 60, "restarts"
+    )
+    wait_for(lambda: runs_at(api, run_names, 1), 60, "attempt 1 recorded", 0.1)
     time.sleep(2)
     after = request_counts(api)
     delta = after - before
@@ -400,7 +401,6 @@ def main() -> None:
             floor = subprocess.Popen(
                 [sys.executable, __file__, "--floor-client", str(plane.kubeconfig)],
                 stdout=subprocess.PIPE,
-                env={**os.environ, "PYTHONPATH": str(REPO / "operator")},
             )
             try:
                 assert floor.stdout is not None

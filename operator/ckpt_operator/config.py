@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 class OperatorConfig:
     """Settings every handler reads through ``memo.config``.
 
-    ``allowed_roots`` are the store URI prefixes a TrainingRun may use (invariant 5); empty means
+    ``allowed_roots`` are the store URI prefixes a TrainingRun may use (confined paths); empty means
     no run's store is accepted, so a misconfigured operator fails closed.
     """
 

@@ -10,7 +10,7 @@ RESOURCES_SEEN = Counter(
     ["kind"],
 )
 
-# --- checkpoint lifecycle (issue 4) ---------------------------------------------------------
+# --- checkpoint lifecycle ---------------------------------------------------------------------
 
 CHECKPOINTS_VERIFIED = Counter(
     "ckpt_operator_checkpoints_verified_total",

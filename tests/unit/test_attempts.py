@@ -13,20 +13,17 @@ from hypothesis import strategies as st
 
 from ckpt_operator.api import names
 from ckpt_operator.api.models import TrainingRunSpec, TrainingRunStatus
+from ckpt_operator.kube.trainer import build_pod, validate_template
 from ckpt_operator.policy.attempts import (
-    AttemptPod,
     RunState,
     Step,
-    build_pod,
     checkpoint_ref,
-    failure_of,
     next_step,
     pods_by_attempt,
-    validate_template,
 )
-from ckpt_operator.policy.restart import Failure
 from ckpt_operator.policy.resume import resume_plan, resume_target
 from ckpt_operator.views.checkpoint import CheckpointInfo
+from ckpt_operator.views.pod import AttemptPod, Failure, failure_of
 from tests.unit.factories import checkpoint as ckpt
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

@@ -14,12 +14,12 @@ from ckpt_operator.policy.restart import (
     FAILED_BY_RULE,
     NO_PROGRESS,
     RESTARTING,
-    Failure,
     backoff_seconds,
     classify,
     decide,
     rule_matches,
 )
+from ckpt_operator.views.pod import Failure
 
 
 def rule(action: str, codes: tuple[str, list[int]] | None = None, **kw: Any) -> FailureRule:

@@ -1,4 +1,4 @@
-"""Resume selection (invariants 2 and 3) over hand-picked and random checkpoint histories."""
+"""Resume selection (verified resume, newest resume) over hand-picked and random histories."""
 
 from __future__ import annotations
 

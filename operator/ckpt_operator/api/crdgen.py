@@ -22,17 +22,30 @@ _DROP = {"title", "discriminator"}
 
 @dataclass(frozen=True)
 class CrdDefinition:
+    """One of our kinds; its schema is ``models.<Kind>Spec`` and ``models.<Kind>Status``."""
+
     kind: str
-    plural: str
     short_names: list[str]
-    spec: type[BaseModel]
-    status: type[BaseModel]
     columns: list[dict[str, Any]]
     root_rules: list[dict[str, str]] = field(default_factory=list)
 
     @property
+    def plural(self) -> str:
+        return f"{self.kind.lower()}s"
+
+    @property
     def name(self) -> str:
         return f"{self.plural}.{names.GROUP}"
+
+    @property
+    def spec(self) -> type[BaseModel]:
+        model: type[BaseModel] = getattr(models, f"{self.kind}Spec")
+        return model
+
+    @property
+    def status(self) -> type[BaseModel]:
+        model: type[BaseModel] = getattr(models, f"{self.kind}Status")
+        return model
 
 
 def _column(name: str, path: str, type_: str = "string", **extra: Any) -> dict[str, Any]:
@@ -43,10 +56,7 @@ _AGE = _column("Age", ".metadata.creationTimestamp", "date")
 
 TRAINING_RUN = CrdDefinition(
     kind="TrainingRun",
-    plural="trainingruns",
     short_names=["tr"],
-    spec=models.TrainingRunSpec,
-    status=models.TrainingRunStatus,
     columns=[
         _column("Phase", ".status.phase"),
         _column("Attempt", ".status.attempt", "integer"),
@@ -66,10 +76,7 @@ TRAINING_RUN = CrdDefinition(
 
 CHECKPOINT = CrdDefinition(
     kind="Checkpoint",
-    plural="checkpoints",
     short_names=["ckpt"],
-    spec=models.CheckpointSpec,
-    status=models.CheckpointStatus,
     columns=[
         _column("Run", ".spec.run"),
         _column("Step", ".spec.step", "integer"),

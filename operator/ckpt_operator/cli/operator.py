@@ -61,7 +61,7 @@ def run(
 ) -> None:
     """Run the operator against the cluster in KUBECONFIG or the in-cluster service account."""
     from ckpt_operator.config import OperatorConfig
-    from ckpt_operator.handlers import startup as operator
+    from ckpt_operator.handlers import startup
 
     config = OperatorConfig(
         allowed_roots=tuple(allowed_root or _split_env("CKPT_ALLOWED_ROOTS")),
@@ -71,7 +71,7 @@ def run(
         sweep_grace_s=sweep_grace,
         sweep_dry_run=sweep_dry_run,
     )
-    operator.run(config, liveness_endpoint=liveness or None, peering=peering)
+    startup.run(config, liveness_endpoint=liveness or None, peering=peering)
 
 
 @app.command()

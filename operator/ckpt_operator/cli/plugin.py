@@ -23,14 +23,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ckpt_operator.api import names
-from ckpt_operator.policy.deletion import (
-    checkpoint_view,
-    consumer_from_pod,
-    consumers_of,
-    deletion_blockers,
-    run_from_body,
-)
+from ckpt_operator.policy.consumers import consumers_of
+from ckpt_operator.policy.deletion import deletion_blockers
 from ckpt_operator.storage import layout
+from ckpt_operator.views.checkpoint import CheckpointInfo
+from ckpt_operator.views.pod import ConsumerView
+from ckpt_operator.views.run import RunView
 
 app = typer.Typer(
     help="Checkpoints of ckpt-operator TrainingRuns: list, and delete safely.",
@@ -68,10 +66,10 @@ class Cluster:
         return items
 
     def checkpoints(self, selector: str | None = None) -> list[Body]:
-        return self._list("checkpoints", selector)
+        return self._list(names.CHECKPOINTS, selector)
 
     def runs(self) -> list[Body]:
-        return self._list("trainingruns")
+        return self._list(names.TRAINING_RUNS)
 
     def pods(self) -> list[Body]:
         from kubernetes import client
@@ -83,7 +81,7 @@ class Cluster:
     def force(self, name: str) -> None:
         patch = {"metadata": {"annotations": {names.ANNOTATION_FORCE_DELETE: "true"}}}
         self.custom.patch_namespaced_custom_object(
-            names.GROUP, names.VERSION, self.namespace, "checkpoints", name, patch
+            names.GROUP, names.VERSION, self.namespace, names.CHECKPOINTS, name, patch
         )
 
     def delete(self, name: str) -> bool:
@@ -91,7 +89,7 @@ class Cluster:
 
         try:
             self.custom.delete_namespaced_custom_object(
-                names.GROUP, names.VERSION, self.namespace, "checkpoints", name
+                names.GROUP, names.VERSION, self.namespace, names.CHECKPOINTS, name
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -104,7 +102,7 @@ class Cluster:
 
         try:
             body: Any = self.custom.get_namespaced_custom_object(
-                names.GROUP, names.VERSION, self.namespace, "checkpoints", name
+                names.GROUP, names.VERSION, self.namespace, names.CHECKPOINTS, name
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -181,12 +179,12 @@ def blockers_for(
     """What would hold ``target``'s storage back now (as the operator would decide)."""
     if force:
         return []
-    info = checkpoint_view(target)
+    info = CheckpointInfo.from_body(target)
     run_body = next((r for r in runs if r["metadata"]["name"] == info.run), None)
-    run = run_from_body(run_body) if run_body else None
-    siblings = [checkpoint_view(c) for c in checkpoints if c["spec"]["run"] == info.run]
+    run = RunView.from_body(run_body) if run_body else None
+    siblings = [CheckpointInfo.from_body(c) for c in checkpoints if c["spec"]["run"] == info.run]
     found = consumers_of(
-        info.run, run.selector if run else None, [consumer_from_pod(p) for p in pods]
+        info.run, run.selector if run else None, [ConsumerView.from_body(p) for p in pods]
     )
     return deletion_blockers(
         info, run=run, siblings=siblings, consumers=found, now=datetime.now(UTC)

@@ -1,8 +1,35 @@
-"""Kopf handlers: thin adapters from Kubernetes events to the pure decision modules.
+"""Kopf handlers: thin adapters from Kubernetes events to the pure decisions in ``policy``.
 
-Importing this package registers every handler with Kopf.
+Importing this package registers every handler with Kopf:
+
+* ``startup``        — settings, liveness, metrics, the shared :class:`runtime.Runtime`
+* ``indexes``        — in-memory views of runs, checkpoints and pods (typed keyword arguments)
+* ``wakeups``        — the watch events that wake waiting handlers
+* ``runs``           — one daemon per TrainingRun: its attempts
+* ``checkpoints``    — initial status and verification of each Checkpoint
+* ``storage_release`` — the finalizer deleting a checkpoint's storage when it is safe
+* ``maintenance``    — the per-run timer: consumer health, retention, store scan, sweep
+* ``run_deletion``   — the TrainingRun finalizer: its checkpoints first, then the store
 """
 
-from ckpt_operator.handlers import checkpoint, consumers, pods, store_scan, trainingrun
+from ckpt_operator.handlers import (
+    checkpoints,
+    indexes,
+    maintenance,
+    run_deletion,
+    runs,
+    startup,
+    storage_release,
+    wakeups,
+)
 
-__all__ = ["checkpoint", "consumers", "pods", "store_scan", "trainingrun"]
+__all__ = [
+    "checkpoints",
+    "indexes",
+    "maintenance",
+    "run_deletion",
+    "runs",
+    "startup",
+    "storage_release",
+    "wakeups",
+]

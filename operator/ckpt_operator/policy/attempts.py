@@ -1,9 +1,9 @@
-"""A TrainingRun's attempts: the state machine, and the trainer pod of one attempt.
+"""A TrainingRun's attempts: the state machine.
 
 Everything here is pure: :func:`next_step` maps what the controller knows (the run's spec and
 status, its attempt pods, its checkpoints, the clock) to the status the run should have and the
 pod that should exist. The Kopf handler only feeds it and carries out the result, so after an
-operator crash at any instant the same inputs give the same answer (invariant 4).
+operator crash at any instant the same inputs give the same answer (crash convergence).
 
 Status is the record that survives restarts. The state is read from it like this:
 
@@ -27,12 +27,10 @@ the existing pod is adopted with the resume point it really has.
 
 from __future__ import annotations
 
-import copy
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Literal
 
 from ckpt_operator.api import conditions, names
 from ckpt_operator.api.models import (
@@ -43,10 +41,10 @@ from ckpt_operator.api.models import (
     TrainingRunStatus,
 )
 from ckpt_operator.policy import restart
-from ckpt_operator.policy.restart import Failure
 from ckpt_operator.policy.resume import ResumePlan, made_progress, resume_plan
 from ckpt_operator.storage import layout
 from ckpt_operator.views.checkpoint import CheckpointInfo
+from ckpt_operator.views.pod import AttemptPod, Failure
 
 READY, PROGRESSING, FAILED = "Ready", "Progressing", "Failed"
 OUR_CONDITIONS = (READY, PROGRESSING, FAILED)
@@ -58,185 +56,9 @@ STORE_NOT_ALLOWED = "StoreNotAllowed"
 RECOVERABLE = frozenset({INVALID_SPEC, INVALID_TEMPLATE, STORE_NOT_ALLOWED})
 
 POD_DELETED = "PodDeleted"
-ANNOTATION_RESUME_FROM = f"{names.GROUP}/resume-from"
-ANNOTATION_RESUME_STEP = f"{names.GROUP}/resume-step"
 
-ENV_NAMES = (
-    "CKPT_RUN",
-    "CKPT_NAMESPACE",
-    "CKPT_ATTEMPT",
-    "CKPT_STORE",
-    "CKPT_RESUME_FROM",
-    "CKPT_RESUME_STEP",
-    "CKPT_RESUME_CANDIDATES",
-    "POD_NAME",
-    "POD_NAMESPACE",
-)
-
-PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
 Triple = tuple[conditions.Status, str, str]
 NOT_FAILED: Triple = ("False", "NoFailure", "no attempt has failed the run")
-
-
-# --- attempt pods, as the controller sees them ------------------------------------------------
-
-
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class AttemptPod:
-    """What the controller needs to know about one attempt pod (kept in a Kopf index)."""
-
-    name: str
-    namespace: str
-    run: str
-    attempt: int
-    owner_uid: str | None = None
-    phase: PodPhase = "Pending"
-    terminating: bool = False
-    failure: Failure = field(default_factory=Failure)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    resumed_from: CheckpointRef | None = None
-    """Where the pod resumes from, as its env says: status records it when adopting the pod."""
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> AttemptPod | None:
-        """The view of a pod labelled as an attempt, or None when its labels are not ours."""
-        meta = body.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        run, attempt = labels.get(names.LABEL_RUN), labels.get(names.LABEL_ATTEMPT)
-        if not run or attempt is None or not str(attempt).isdigit():
-            return None
-        owner = next(
-            (o for o in meta.get("ownerReferences") or [] if o.get("controller")),
-            None,
-        )
-        status = body.get("status") or {}
-        raw_phase = status.get("phase") or "Pending"
-        phase: PodPhase = "Unknown"
-        for known in ("Pending", "Running", "Succeeded", "Failed"):
-            if raw_phase == known:
-                phase = known
-        spec_containers = (body.get("spec") or {}).get("containers") or []
-        first_name = spec_containers[0].get("name") if spec_containers else None
-        return cls(
-            name=meta.get("name", ""),
-            namespace=meta.get("namespace", ""),
-            run=str(run),
-            attempt=int(attempt),
-            owner_uid=owner.get("uid") if owner else None,
-            phase=phase,
-            terminating=bool(meta.get("deletionTimestamp")),
-            failure=failure_of(status, first_name),
-            started_at=_time(status.get("startTime")),
-            finished_at=_finished_at(status),
-            resumed_from=_resume_of(meta, spec_containers),
-        )
-
-
-def _resume_of(meta: Mapping[str, Any], containers: list[Any]) -> CheckpointRef | None:
-    env = containers[0].get("env") or [] if containers else []
-    uri = next((e.get("value") for e in env if e.get("name") == "CKPT_RESUME_FROM"), None)
-    parsed = layout.parse_committed(uri) if uri else None
-    if not uri or parsed is None:
-        return None
-    name = (meta.get("annotations") or {}).get(ANNOTATION_RESUME_FROM) or ""
-    return CheckpointRef(name=name, step=parsed.step, attempt=parsed.attempt, uri=uri)
-
-
-def _terminated(status: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    found = []
-    for key in ("initContainerStatuses", "containerStatuses"):
-        for cs in status.get(key) or []:
-            term = (cs.get("state") or {}).get("terminated")
-            if term:
-                found.append((str(cs.get("name", "")), term))
-    return found
-
-
-def _finished_at(status: Mapping[str, Any]) -> datetime | None:
-    stamps = [_time(t.get("finishedAt")) for _, t in _terminated(status)]
-    known = [s for s in stamps if s is not None]
-    return max(known) if known else None
-
-
-def failure_of(status: Mapping[str, Any], first_container: str | None = None) -> Failure:
-    """Summarise a pod's ``status`` for the restart rules (see :mod:`restart_policy`)."""
-    terminated = _terminated(status)
-    codes = tuple(int(t.get("exitCode", 0)) for _, t in terminated if t.get("exitCode"))
-    reasons: set[str] = set()
-    pod_reason = status.get("reason")
-    if pod_reason:
-        reasons.add(str(pod_reason))
-    container_reason: str | None = None
-    message = status.get("message")
-    main = next((t for name, t in terminated if name == first_container), None)
-    for _, term in terminated:
-        if term.get("reason"):
-            reasons.add(str(term["reason"]))
-            container_reason = container_reason or str(term["reason"])
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-            reasons.add("DisruptionTarget")
-            if cond.get("reason"):
-                reasons.add(str(cond["reason"]))
-            message = message or cond.get("message")
-    if main is not None and main.get("exitCode") is not None:
-        exit_code: int | None = int(main["exitCode"])
-        main_reason = main.get("reason")
-        message = message or main.get("message")
-    else:
-        exit_code = codes[0] if codes else None
-        main_reason = None
-    return Failure(
-        exit_codes=codes,
-        reasons=frozenset(reasons),
-        exit_code=exit_code,
-        reason=str(pod_reason) if pod_reason else (main_reason or container_reason),
-        message=str(message)[:1024] if message else None,
-    )
-
-
-# --- the trainer pod --------------------------------------------------------------------------
-
-
-def validate_template(template: Mapping[str, Any]) -> str | None:
-    """What the CRD schema cannot check about the template, as a message; None when fine."""
-    spec = template.get("spec")
-    if not isinstance(spec, Mapping):
-        return "template.spec must be a pod spec"
-    containers = spec.get("containers")
-    if not isinstance(containers, list) or not containers:
-        return "template.spec.containers must list at least one container"
-    seen: set[str] = set()
-    for index, container in enumerate(containers):
-        where = f"template.spec.containers[{index}]"
-        if not isinstance(container, Mapping):
-            return f"{where} must be an object"
-        name = container.get("name")
-        if not isinstance(name, str) or not name:
-            return f"{where}.name is required"
-        if name in seen:
-            return f"{where}.name {name!r} is used twice"
-        seen.add(name)
-        image = container.get("image")
-        if not isinstance(image, str) or not image:
-            return f"{where}.image is required"
-        env = container.get("env", [])
-        if not isinstance(env, list) or not all(
-            isinstance(e, Mapping) and isinstance(e.get("name"), str) for e in env
-        ):
-            return f"{where}.env must be a list of {{name, value}} objects"
-    return None
 
 
 def checkpoint_ref(checkpoint: CheckpointInfo | None, store_root: str) -> CheckpointRef | None:
@@ -248,87 +70,6 @@ def checkpoint_ref(checkpoint: CheckpointInfo | None, store_root: str) -> Checkp
         attempt=checkpoint.attempt,
         uri=layout.join_uri(store_root, checkpoint.path),
     )
-
-
-def attempt_env(
-    run: str, namespace: str, attempt: int, store_root: str, plan: ResumePlan
-) -> list[dict[str, Any]]:
-    """The env contract of DESIGN.md for the first container."""
-    target = plan.target
-    uris = [layout.join_uri(store_root, c.path) for c in plan.candidates]
-    env: list[dict[str, Any]] = [
-        {"name": "CKPT_RUN", "value": run},
-        {"name": "CKPT_NAMESPACE", "value": namespace},
-        {"name": "CKPT_ATTEMPT", "value": str(attempt)},
-        {"name": "CKPT_STORE", "value": store_root},
-        {"name": "CKPT_RESUME_FROM", "value": uris[0] if uris else ""},
-        {"name": "CKPT_RESUME_STEP", "value": str(target.step) if target else ""},
-        {"name": "CKPT_RESUME_CANDIDATES", "value": json.dumps(uris)},
-    ]
-    for name, path in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
-        env.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
-    return env
-
-
-def build_pod(
-    *,
-    run: str,
-    namespace: str,
-    run_uid: str,
-    template: Mapping[str, Any],
-    attempt: int,
-    store_root: str,
-    plan: ResumePlan,
-) -> dict[str, Any]:
-    """The pod of one attempt: the template, our name, labels, owner, env and ``Never``.
-
-    ``restartPolicy`` is forced to ``Never``: the operator restarts attempts (with a resume
-    point), not the kubelet (which would rerun the container from its old env). Our env comes
-    first so the template's own variables may refer to it as ``$(CKPT_STORE)``.
-    """
-    tmeta = template.get("metadata") or {}
-    spec = copy.deepcopy(dict(template.get("spec") or {}))
-    spec["restartPolicy"] = "Never"
-    containers = [dict(c) for c in spec.get("containers") or []]
-    ours = attempt_env(run, namespace, attempt, store_root, plan)
-    if containers:
-        kept = [e for e in containers[0].get("env") or [] if e.get("name") not in ENV_NAMES]
-        containers[0]["env"] = ours + kept
-    spec["containers"] = containers
-    target = plan.target
-    annotations = {
-        **(tmeta.get("annotations") or {}),
-        ANNOTATION_RESUME_FROM: target.name if target else "",
-        ANNOTATION_RESUME_STEP: str(target.step) if target else "",
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": names.attempt_pod_name(run, attempt),
-            "namespace": namespace,
-            "labels": {
-                **(tmeta.get("labels") or {}),
-                names.LABEL_RUN: run,
-                names.LABEL_ATTEMPT: str(attempt),
-            },
-            "annotations": annotations,
-            "ownerReferences": [
-                {
-                    "apiVersion": names.API_VERSION,
-                    "kind": "TrainingRun",
-                    "name": run,
-                    "uid": run_uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "spec": spec,
-    }
-
-
-# --- the state machine ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

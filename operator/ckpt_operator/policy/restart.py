@@ -11,10 +11,11 @@ Preempted, DeadlineExceeded), container termination reasons (OOMKilled, Error) a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from ckpt_operator.api.models import Backoff, FailureRule, RestartPolicy
+from ckpt_operator.views.pod import Failure
 
 Action = Literal["Retry", "FailRun", "Ignore"]
 
@@ -22,29 +23,6 @@ RESTARTING = "Restarting"
 FAILED_BY_RULE = "FailedByRule"
 BUDGET_EXHAUSTED = "RestartBudgetExhausted"
 NO_PROGRESS = "NoProgress"
-
-
-@dataclass(frozen=True)
-class Failure:
-    """What a failed attempt pod left behind, as far as the rules care."""
-
-    exit_codes: tuple[int, ...] = ()
-    """Exit codes of the terminated containers (init containers included), zeros dropped."""
-    reasons: frozenset[str] = field(default_factory=frozenset)
-    """Every reason found: pod ``status.reason``, container reasons, DisruptionTarget."""
-    exit_code: int | None = None
-    """The one shown in status: the first container's, else the first non-zero."""
-    reason: str | None = None
-    """The one shown in status: the pod's reason, else the first container's."""
-    message: str | None = None
-
-    def describe(self) -> str:
-        parts = []
-        if self.exit_code is not None:
-            parts.append(f"exit code {self.exit_code}")
-        if self.reason:
-            parts.append(f"reason {self.reason}")
-        return ", ".join(parts) or "no exit code or reason"
 
 
 def rule_matches(rule: FailureRule, failure: Failure) -> bool:

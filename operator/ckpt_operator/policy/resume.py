@@ -1,8 +1,8 @@
 """Which checkpoint the next attempt resumes from: a pure function of the run's checkpoints.
 
-Invariants 2 and 3: only committed *and verified* (Ready) checkpoints that are not being
-deleted qualify, and the target is the one with the greatest step across *all* attempts (a tie
-goes to the later attempt). Weights-only exports cannot resume training, so they never qualify.
+Verified resume: only committed *and verified* (Ready) checkpoints that are not being deleted
+qualify. Newest resume: the target is the one with the greatest step across *all* attempts (a
+tie goes to the later attempt). Weights-only exports cannot resume training, so they never qualify.
 
 The functions take any iterable (a Kopf index's live store) and touch each element once, so a
 restart costs no API request and O(n log k) work however many checkpoints the run holds.

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckpt_operator.api.models import Retention
-from ckpt_operator.policy.deletion import newest_protected, verified
+from ckpt_operator.policy.deletion import newest_protected
 from ckpt_operator.views.checkpoint import CheckpointInfo
 
 
@@ -52,7 +52,7 @@ def expired(
     everything = list(checkpoints)
     keep_always = newest_protected(everything) | set(protected)
     candidates = sorted(
-        (c for c in everything if verified(c) and not c.terminating), key=_order, reverse=True
+        (c for c in everything if c.verified and not c.terminating), key=_order, reverse=True
     )
     kept: set[str] = set(keep_always)
     rules = []

@@ -90,7 +90,7 @@ class KubeRegistry:
                     names.GROUP,
                     names.VERSION,
                     self.namespace,
-                    "trainingruns",
+                    names.TRAINING_RUNS,
                     run,
                     _request_timeout=TIMEOUT_S,
                 )
@@ -109,7 +109,7 @@ class KubeRegistry:
                 names.GROUP,
                 names.VERSION,
                 self.namespace,
-                "checkpoints",
+                names.CHECKPOINTS,
                 body,
                 _request_timeout=TIMEOUT_S,
             )
@@ -123,7 +123,7 @@ class KubeRegistry:
                 names.GROUP,
                 names.VERSION,
                 self.namespace,
-                "checkpoints",
+                names.CHECKPOINTS,
                 object_name,
                 {"status": {"phase": "Invalid", "message": reason}},
                 _content_type=names.MERGE_PATCH,
@@ -138,7 +138,7 @@ class KubeRegistry:
             names.GROUP,
             names.VERSION,
             self.namespace,
-            "checkpoints",
+            names.CHECKPOINTS,
             label_selector=f"{names.LABEL_RUN}={run}",
             _request_timeout=TIMEOUT_S,
         )

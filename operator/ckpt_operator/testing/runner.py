@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from ckpt_operator.api.conditions import now_iso
 from ckpt_operator.testing.controlplane import api_client
+from ckpt_operator.testing.lifecycle import Started
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def local_command(container: dict[str, Any]) -> list[str]:
     return command
 
 
-class LocalRunner:
+class LocalRunner(Started):
     """Runs the pods of ``namespace`` as local processes until ``stop()``."""
 
     def __init__(self, kubeconfig: Path, namespace: str, workdir: Path, logdir: Path) -> None:
@@ -61,13 +62,6 @@ class LocalRunner:
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-
-    def __enter__(self) -> LocalRunner:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         from kubernetes import client
