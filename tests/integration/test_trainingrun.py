@@ -74,6 +74,7 @@ def test_resumes_from_newest_checkpoint_of_any_attempt(
         "team": "ml",
         names.LABEL_RUN: "r",
         names.LABEL_ATTEMPT: "0",
+        names.LABEL_NODE_RANK: "0",
     }
     assert pod0.metadata.annotations["note"] == "kept"
     owner = pod0.metadata.owner_references[0]

@@ -189,6 +189,25 @@ class Consumers(Model):
 class TrainingRunSpec(Model):
     template: PodTemplate
     store: Store
+    num_nodes: int = Field(
+        default=1,
+        ge=1,
+        le=4096,
+        description="Worker pods per attempt: a gang. The first failed worker fails the "
+        "attempt, the others are deleted, and the next attempt starts once all are gone.",
+    )
+    master_port: int = Field(
+        default=29500,
+        ge=1,
+        le=65535,
+        description="Rendezvous port of node 0 (MASTER_PORT, PET_MASTER_PORT) for numNodes > 1.",
+    )
+    startup_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fail an attempt (reason StartupTimeout, through the rules) whose workers "
+        "are not all running this long after it started; unset waits forever (queued gangs).",
+    )
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     retention: Retention | None = None
     consumers: Consumers = Field(default_factory=Consumers)
@@ -202,9 +221,19 @@ class CheckpointRef(Model):
     uri: str
 
 
+class WorkerStatus(Model):
+    """One worker of a multi-node attempt, as it was when the attempt ended."""
+
+    rank: int = Field(ge=0)
+    pod: str
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Unknown", "Missing"]
+    exit_code: int | None = None
+    reason: str | None = None
+
+
 class AttemptStatus(Model):
     attempt: int = Field(ge=0)
-    pod: str
+    pod: str = Field(description="The attempt's pod; of a gang, the worker that decided it.")
     start_time: datetime | None = None
     end_time: datetime | None = None
     phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
@@ -213,6 +242,9 @@ class AttemptStatus(Model):
     message: str | None = None
     action: Literal["Retry", "FailRun", "Ignore"] | None = None
     resumed_from: CheckpointRef | None = None
+    workers: list[WorkerStatus] | None = Field(
+        default=None, description="Every worker's outcome (numNodes > 1), once the attempt ended."
+    )
 
 
 class TrainingRunStatus(Model):

@@ -20,6 +20,7 @@ MERGE_PATCH = "application/merge-patch+json"
 # --- labels -----------------------------------------------------------------------------------
 LABEL_RUN = f"{GROUP}/run"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_NODE_RANK = f"{GROUP}/node-rank"
 LABEL_STEP = f"{GROUP}/step"
 LABEL_CONSUMER_OF = f"{GROUP}/consumer-of"
 
@@ -48,18 +49,14 @@ ENV_RESUME_STEP = "CKPT_RESUME_STEP"
 ENV_RESUME_CANDIDATES = "CKPT_RESUME_CANDIDATES"
 ENV_POD_NAME = "POD_NAME"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"
-ATTEMPT_ENV = (
-    ENV_RUN,
-    ENV_NAMESPACE,
-    ENV_ATTEMPT,
-    ENV_STORE,
-    ENV_RESUME_FROM,
-    ENV_RESUME_STEP,
-    ENV_RESUME_CANDIDATES,
-    ENV_POD_NAME,
-    ENV_POD_NAMESPACE,
-)
-"""Everything the operator sets in an attempt pod; the template's own values are replaced."""
+
+# torchrun's environment (as Kubeflow's PyTorchJob and Trainer set it), for numNodes > 1
+ENV_PET_NNODES = "PET_NNODES"
+ENV_PET_NODE_RANK = "PET_NODE_RANK"
+ENV_PET_MASTER_ADDR = "PET_MASTER_ADDR"
+ENV_PET_MASTER_PORT = "PET_MASTER_PORT"
+ENV_MASTER_ADDR = "MASTER_ADDR"
+ENV_MASTER_PORT = "MASTER_PORT"
 
 # --- vocabulary of Checkpoint specs -----------------------------------------------------------
 Format = Literal["dir", "tar"]
@@ -72,6 +69,10 @@ def checkpoint_object_name(run: str, step: int, attempt: int, kind: Kind = "full
     return f"{run}-{KIND_PREFIX[kind]}-{step}-a{attempt}"
 
 
-def attempt_pod_name(run: str, attempt: int) -> str:
-    """Deterministic, so creating an attempt's pod twice is a harmless conflict."""
-    return f"{run}-attempt-{attempt}"
+def attempt_pod_name(run: str, attempt: int, rank: int = 0, num_nodes: int = 1) -> str:
+    """Deterministic, so creating an attempt's pod twice is a harmless conflict.
+
+    A single-node run's pod is ``<run>-attempt-<n>``; a gang's workers ``<run>-attempt-<n>-<rank>``.
+    """
+    base = f"{run}-attempt-{attempt}"
+    return base if num_nodes == 1 else f"{base}-{rank}"

@@ -28,16 +28,17 @@ from pydantic import ValidationError
 
 from ckpt_operator import metrics
 from ckpt_operator.api import names
-from ckpt_operator.api.models import CheckpointRef, TrainingRunSpec, TrainingRunStatus
+from ckpt_operator.api.models import TrainingRunSpec, TrainingRunStatus
 from ckpt_operator.config import OperatorConfig
 from ckpt_operator.handlers.indexes import AttemptPods, CheckpointsByRun
 from ckpt_operator.handlers.runtime import Logger, runtime
 from ckpt_operator.handlers.selectors import TRAINING_RUNS
 from ckpt_operator.handlers.wakeups import RunWakeups
 from ckpt_operator.kube import client as kube
-from ckpt_operator.kube.trainer import build_pod, validate_template
+from ckpt_operator.kube.trainer import build_pod, build_service, validate_template
 from ckpt_operator.policy import attempts
 from ckpt_operator.policy.attempts import RunState, Step
+from ckpt_operator.policy.resume import Resume
 from ckpt_operator.storage.store import Store, StoreError
 from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.pod import AttemptPod
@@ -46,7 +47,8 @@ from ckpt_operator.views.run import RunKey
 RESYNC_S = 30.0
 """Look again this often even when nothing wakes the controller (a missed watch event)."""
 CREATED_GRACE_S = 30.0
-"""How long a pod we created counts as existing before the index shows it."""
+"""How long a pod we created counts as existing before the index shows it (and one we deleted
+as going): no request is sent twice for the same change."""
 STATUS_FIELDS = tuple(field.alias or name for name, field in TrainingRunStatus.model_fields.items())
 
 
@@ -71,10 +73,14 @@ class RunController:
         self.pod_index = pod_index
         self.checkpoint_index = checkpoint_index
         self.logger = logger
-        self.created: dict[int, tuple[float, CheckpointRef | None]] = {}
+        self.created: dict[tuple[int, int], tuple[float, Resume]] = {}
+        """Workers we created, by (attempt, rank), until the index shows them."""
+        self.deleting: dict[str, float] = {}
+        """Workers we asked to delete, until the index shows them Terminating or gone."""
         self.written: tuple[str, Mapping[str, Any]] | None = None
         self.rejected: tuple[int | None, str] | None = None
         self.stores: dict[str, tuple[str, str | None]] = {}
+        self.num_nodes = 1
 
     async def run(self, stopped: kopf.DaemonStopped) -> None:
         wake = self.wakeups.register(self.key)
@@ -149,22 +155,28 @@ class RunController:
             return spec, root, (attempts.INVALID_TEMPLATE, self.rejected[1])
         return spec, root, None
 
-    def attempt_pods(self, uid: str) -> dict[int, AttemptPod]:
+    def attempt_pods(self, uid: str) -> list[AttemptPod]:
         """The run's pods from the index, plus those we created that it has not shown yet."""
-        found = attempts.pods_by_attempt(self.pod_index.get(self.key, []), uid)
+        found = attempts.own_pods(self.pod_index.get(self.key, []), uid)
+        seen = {(p.attempt, p.rank) for p in found}
         now = time.monotonic()
-        for attempt, (when, resumed_from) in list(self.created.items()):
-            if attempt in found or now - when > CREATED_GRACE_S:
-                del self.created[attempt]
-            else:
-                found[attempt] = AttemptPod(
-                    name=names.attempt_pod_name(self.name, attempt),
+        for (attempt, rank), (when, resume) in list(self.created.items()):
+            if (attempt, rank) in seen or now - when > CREATED_GRACE_S:
+                del self.created[(attempt, rank)]
+                continue
+            num_nodes = self.num_nodes
+            found.append(
+                AttemptPod(
+                    name=names.attempt_pod_name(self.name, attempt, rank, num_nodes),
                     namespace=self.namespace,
                     run=self.name,
                     attempt=attempt,
                     owner_uid=uid,
-                    resumed_from=resumed_from,
+                    resumed_from=resume.target,
+                    resume_candidates=resume.candidates,
+                    rank=rank,
                 )
+            )
         return found
 
     # --- acting -----------------------------------------------------------------------------
@@ -179,6 +191,7 @@ class RunController:
         raw_status = body.get("status") or {}
         status = TrainingRunStatus.model_validate(raw_status)
         spec, root, invalid = self.validate(body.get("spec") or {}, generation)
+        self.num_nodes = spec.num_nodes if spec is not None else self.num_nodes
         checkpoints: list[CheckpointInfo] = list(self.checkpoint_index.get(self.key, []))
         now = datetime.now(UTC)
         step = attempts.next_step(
@@ -195,14 +208,14 @@ class RunController:
                 invalid=invalid,
             )
         )
+        await self.tear_down(step.delete)
         if step.create is None or spec is None:
             await self.write(body, status, step)
         else:
-            # The write and the creation go out together: the pod is named by its attempt, and
-            # next_step adopts a pod whose recording write was lost (see attempts.py).
-            # The pod goes first: it is what the next attempt waits for.
+            # The write and the creation go out together: pods are named by attempt and rank,
+            # and next_step adopts workers whose recording write was lost (see attempts.py).
             created, wrote = await asyncio.gather(
-                self.create_pod(body, step, root),
+                self.create_workers(body, step, spec, root),
                 self.write(body, status, step),
                 return_exceptions=True,
             )
@@ -255,8 +268,34 @@ class RunController:
             )
         return response
 
-    async def create_pod(self, body: Mapping[str, Any], step: Step, root: str) -> float | None:
-        """Create the step's attempt pod; a conflict means it exists, which is fine."""
+    async def tear_down(self, pods: tuple[str, ...]) -> None:
+        """Delete workers of ended attempts, once each until the index shows them going."""
+        now = time.monotonic()
+        self.deleting = {n: t for n, t in self.deleting.items() if now - t < CREATED_GRACE_S}
+        todo = [pod for pod in pods if pod not in self.deleting]
+        if todo:
+            await asyncio.gather(*(kube.delete_pod(self.namespace, pod) for pod in todo))
+            self.deleting.update(dict.fromkeys(todo, now))
+            self.logger.info("tore down %s", ", ".join(todo))
+
+    async def create_workers(
+        self, body: Mapping[str, Any], step: Step, spec: TrainingRunSpec, root: str
+    ) -> float | None:
+        """Create the step's workers (and a gang's Service); existing ones are fine."""
+        assert step.create is not None
+        uid = str((body.get("metadata") or {}).get("uid", ""))
+        calls = [self.create_worker(body, step, spec, root, rank) for rank in step.ranks]
+        if spec.num_nodes > 1:
+            service = build_service(run=self.name, namespace=self.namespace, run_uid=uid)
+            calls.append(kube.create_service(self.namespace, service))
+        outcomes = await asyncio.gather(*calls)
+        retry = [o for o in outcomes if isinstance(o, float)]
+        return min(retry) if retry else None
+
+    async def create_worker(
+        self, body: Mapping[str, Any], step: Step, spec: TrainingRunSpec, root: str, rank: int
+    ) -> float | None:
+        """Create one worker; a conflict means it exists, which is fine unless another run's."""
         assert step.create is not None
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid", ""))
@@ -267,16 +306,20 @@ class RunController:
             template=(body.get("spec") or {}).get("template") or {},
             attempt=step.create,
             store_root=root,
-            plan=step.plan,
+            resume=step.resume,
+            rank=rank,
+            num_nodes=spec.num_nodes,
+            master_port=spec.master_port,
         )
         try:
             await kube.create_pod(self.namespace, pod)
         except Exception as exc:
             code = kube.status_of(exc)
             if code == 409:
-                ours = attempts.pods_by_attempt(self.pod_index.get(self.key, []), uid)
-                if step.create not in ours and any(
-                    p.attempt == step.create for p in self.pod_index.get(self.key, [])
+                everyone = list(self.pod_index.get(self.key, []))
+                ours = {(p.attempt, p.rank) for p in attempts.own_pods(everyone, uid)}
+                if (step.create, rank) not in ours and any(
+                    (p.attempt, p.rank) == (step.create, rank) for p in everyone
                 ):
                     self.logger.warning(
                         "pod %s exists but belongs to another run; waiting for it to go",
@@ -290,10 +333,7 @@ class RunController:
                 return time.monotonic()
             else:
                 raise
-        self.created[step.create] = (
-            time.monotonic(),
-            attempts.checkpoint_ref(step.plan.target, root),
-        )
+        self.created[(step.create, rank)] = (time.monotonic(), step.resume)
         return None
 
 

@@ -134,6 +134,22 @@ async def create_pod(namespace: str, body: dict[str, Any]) -> None:
         raise client.exceptions.ApiException(status=response.status, reason=data[:2048])
 
 
+async def delete_pod(namespace: str, name: str) -> bool:
+    """Delete a pod (its containers get their grace period); False when already gone."""
+    from kubernetes_asyncio import client
+
+    core: Any = client.CoreV1Api(await api_client())
+    return await _unless(404, core.delete_namespaced_pod(name, namespace)) is not None
+
+
+async def create_service(namespace: str, body: dict[str, Any]) -> bool:
+    """Create a Service; False when one of that name exists already."""
+    from kubernetes_asyncio import client
+
+    core: Any = client.CoreV1Api(await api_client())
+    return await _unless(409, core.create_namespaced_service(namespace, body)) is not None
+
+
 async def read_secret(namespace: str, name: str) -> dict[str, str] | None:
     """A Secret's data (base64 values, as stored), or None when it does not exist."""
     from kubernetes_asyncio import client

@@ -1,4 +1,4 @@
-"""The trainer pod of one attempt, built from the run's template: a pure builder.
+"""The workers of one attempt, built from the run's template, and the run's Service.
 
 Kept apart from the state machine that decides *when* an attempt starts
 (:mod:`ckpt_operator.policy.attempts`) and from the handler that sends the pod: this module
@@ -8,14 +8,14 @@ only knows what the pod looks like.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from ckpt_operator.api import names
 from ckpt_operator.kube.objects import owner_reference
-from ckpt_operator.policy.resume import ResumePlan
-from ckpt_operator.storage import layout
+from ckpt_operator.policy.resume import Resume
 
 
 def validate_template(template: Mapping[str, Any]) -> str | None:
@@ -49,19 +49,18 @@ def validate_template(template: Mapping[str, Any]) -> str | None:
 
 
 def attempt_env(
-    run: str, namespace: str, attempt: int, store_root: str, plan: ResumePlan
+    run: str, namespace: str, attempt: int, store_root: str, resume: Resume
 ) -> list[dict[str, Any]]:
     """The env contract (docs/design.md) for the first container."""
-    target = plan.target
-    uris = [layout.join_uri(store_root, c.path) for c in plan.candidates]
+    target = resume.target
     env: list[dict[str, Any]] = [
         {"name": names.ENV_RUN, "value": run},
         {"name": names.ENV_NAMESPACE, "value": namespace},
         {"name": names.ENV_ATTEMPT, "value": str(attempt)},
         {"name": names.ENV_STORE, "value": store_root},
-        {"name": names.ENV_RESUME_FROM, "value": uris[0] if uris else ""},
+        {"name": names.ENV_RESUME_FROM, "value": target.uri if target else ""},
         {"name": names.ENV_RESUME_STEP, "value": str(target.step) if target else ""},
-        {"name": names.ENV_RESUME_CANDIDATES, "value": json.dumps(uris)},
+        {"name": names.ENV_RESUME_CANDIDATES, "value": json.dumps(list(resume.candidates))},
     ]
     for name, path in (
         (names.ENV_POD_NAME, "metadata.name"),
@@ -69,6 +68,36 @@ def attempt_env(
     ):
         env.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
     return env
+
+
+def hostname(pod: str) -> str:
+    """The pod's hostname: its name, shortened to a DNS label (63) when longer."""
+    if len(pod) <= 63:
+        return pod
+    return f"{pod[:54]}-{hashlib.sha256(pod.encode()).hexdigest()[:8]}"
+
+
+def torchrun_env(
+    run: str, namespace: str, attempt: int, rank: int, num_nodes: int, port: int
+) -> list[dict[str, Any]]:
+    """torchrun's rendezvous environment, as Kubeflow's PyTorchJob sets it: node 0 is reached
+    through the run's headless Service (``<pod>.<run>.<namespace>.svc``)."""
+    master = hostname(names.attempt_pod_name(run, attempt, 0, num_nodes))
+    address = f"{master}.{run}.{namespace}.svc"
+    values = {
+        names.ENV_PET_NNODES: str(num_nodes),
+        names.ENV_PET_NODE_RANK: str(rank),
+        names.ENV_PET_MASTER_ADDR: address,
+        names.ENV_PET_MASTER_PORT: str(port),
+        names.ENV_MASTER_ADDR: address,
+        names.ENV_MASTER_PORT: str(port),
+    }
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_GROUP = "kueue.x-k8s.io/pod-group-name"
+KUEUE_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
 
 
 def build_pod(
@@ -79,42 +108,77 @@ def build_pod(
     template: Mapping[str, Any],
     attempt: int,
     store_root: str,
-    plan: ResumePlan,
+    resume: Resume,
+    rank: int = 0,
+    num_nodes: int = 1,
+    master_port: int = 29500,
 ) -> dict[str, Any]:
-    """The pod of one attempt: the template, our name, labels, owner, env and ``Never``.
+    """One worker of an attempt: the template, our name, labels, owner, env and ``Never``.
 
     ``restartPolicy`` is forced to ``Never``: the operator restarts attempts (with a resume
     point), not the kubelet (which would rerun the container from its old env). Our env comes
-    first so the template's own variables may refer to it as ``$(CKPT_STORE)``.
+    first so the template's own variables may refer to it as ``$(CKPT_STORE)``. Everything
+    else passes through (scheduler name, queue labels, tolerations, resources), so gang
+    admission by Kueue or Volcano works; a gang queued by Kueue is one pod group per attempt.
     """
     tmeta = template.get("metadata") or {}
     spec = copy.deepcopy(dict(template.get("spec") or {}))
     spec["restartPolicy"] = "Never"
-    containers = [dict(c) for c in spec.get("containers") or []]
-    ours = attempt_env(run, namespace, attempt, store_root, plan)
-    if containers:
-        kept = [e for e in containers[0].get("env") or [] if e.get("name") not in names.ATTEMPT_ENV]
-        containers[0]["env"] = ours + kept
-    spec["containers"] = containers
-    target = plan.target
+    name = names.attempt_pod_name(run, attempt, rank, num_nodes)
+    labels = {
+        **(tmeta.get("labels") or {}),
+        names.LABEL_RUN: run,
+        names.LABEL_ATTEMPT: str(attempt),
+        names.LABEL_NODE_RANK: str(rank),
+    }
+    target = resume.target
     annotations = {
         **(tmeta.get("annotations") or {}),
         names.ANNOTATION_RESUME_FROM: target.name if target else "",
         names.ANNOTATION_RESUME_STEP: str(target.step) if target else "",
     }
+    ours = attempt_env(run, namespace, attempt, store_root, resume)
+    if num_nodes > 1:
+        ours += torchrun_env(run, namespace, attempt, rank, num_nodes, master_port)
+        spec["hostname"], spec["subdomain"] = hostname(name), run
+        if KUEUE_QUEUE in labels:
+            labels.setdefault(KUEUE_GROUP, f"{run}-attempt-{attempt}")
+            annotations.setdefault(KUEUE_GROUP_COUNT, str(num_nodes))
+    containers = [dict(c) for c in spec.get("containers") or []]
+    if containers:
+        ours_names = {e["name"] for e in ours}
+        kept = [e for e in containers[0].get("env") or [] if e.get("name") not in ours_names]
+        containers[0]["env"] = ours + kept
+    spec["containers"] = containers
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": names.attempt_pod_name(run, attempt),
+            "name": name,
             "namespace": namespace,
-            "labels": {
-                **(tmeta.get("labels") or {}),
-                names.LABEL_RUN: run,
-                names.LABEL_ATTEMPT: str(attempt),
-            },
+            "labels": labels,
             "annotations": annotations,
             "ownerReferences": [owner_reference(run, run_uid, block_deletion=True)],
         },
         "spec": spec,
+    }
+
+
+def build_service(*, run: str, namespace: str, run_uid: str) -> dict[str, Any]:
+    """The run's headless Service: gives workers the DNS names the rendezvous uses, and
+    publishes them before they are ready (node 0 must be reachable while it starts)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": run,
+            "namespace": namespace,
+            "labels": {names.LABEL_RUN: run},
+            "ownerReferences": [owner_reference(run, run_uid)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {names.LABEL_RUN: run},
+        },
     }

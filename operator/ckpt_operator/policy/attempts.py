@@ -1,33 +1,39 @@
 """A TrainingRun's attempts: the state machine.
 
 Everything here is pure: :func:`next_step` maps what the controller knows (the run's spec and
-status, its attempt pods, its checkpoints, the clock) to the status the run should have and the
-pod that should exist. The Kopf handler only feeds it and carries out the result, so after an
-operator crash at any instant the same inputs give the same answer (crash convergence).
+status, its attempt pods, its checkpoints, the clock) to the status the run should have, the
+pods that should exist and those that must go. The Kopf handler only feeds it and carries out
+the result, so after an operator crash at any instant the same inputs give the same answer
+(crash convergence).
 
-Status is the record that survives restarts. The state is read from it like this:
+Status is the record that survives restarts. The state is read from it like this (an
+attempt's workers are taken together, see :mod:`~ckpt_operator.policy.gang`):
 
-* no attempts yet                         -> start attempt 0;
+* no attempts yet                          -> start attempt 0;
 * last attempt open (Pending/Running):
-    - its pod Succeeded                   -> the run Succeeded;
-    - its pod Failed, or vanished after it ran -> apply the restart policy: FailRun, or
-      close it and start the next one (at once, or BackingOff until ``nextAttemptAfter``);
-    - its pod missing, never seen running -> (re)create it (the status write that records
-      an attempt and the pod's creation go out together; a crash between them leaves this
-      state, and the pod's name is deterministic, so creating it twice is a harmless
-      conflict);
+    - all workers Succeeded                -> the run Succeeded;
+    - a worker Failed, or vanished after the gang ran, or the gang did not start within
+      ``startupTimeoutSeconds``            -> apply the restart policy: FailRun, or close it
+      and start the next one (at once, or BackingOff until ``nextAttemptAfter``);
+    - workers missing, never seen running  -> (re)create them (the status write that records
+      an attempt and the pods' creation go out together; a crash between them leaves this
+      state, and pod names are deterministic, so creating one twice is a harmless conflict);
 * last attempt closed, run BackingOff      -> start the next one when ``nextAttemptAfter``
-  has passed.
+  has passed and no worker of an earlier attempt is still alive.
+
+Workers of attempts that ended and still run are deleted, at every step until they are gone,
+and the next attempt's pods are created only then: two gangs never hold the GPUs or the
+rendezvous port at once, and no half gang is left running.
 
 Counters (``restarts``, ``attemptsWithoutProgress``) change in the same status write that
-closes an attempt, so no failure is ever counted twice or lost. If the next pod was created
-but the write that decided it was lost, the decision is made again from the same status and
-the existing pod is adopted with the resume point it really has.
+closes an attempt, so no failure is ever counted twice or lost. If the next pods were created
+but the write that decided them was lost, the decision is made again from the same status and
+the existing pods are adopted with the resume point they really have.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
@@ -40,9 +46,14 @@ from ckpt_operator.api.models import (
     TrainingRunSpec,
     TrainingRunStatus,
 )
-from ckpt_operator.policy import restart
-from ckpt_operator.policy.resume import ResumePlan, made_progress, resume_plan
-from ckpt_operator.storage import layout
+from ckpt_operator.policy import gang, restart
+from ckpt_operator.policy.resume import (
+    Resume,
+    ResumePlan,
+    checkpoint_ref,
+    made_progress,
+    resume_plan,
+)
 from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.pod import AttemptPod, Failure
 
@@ -55,21 +66,8 @@ INVALID_TEMPLATE = "InvalidTemplate"
 STORE_NOT_ALLOWED = "StoreNotAllowed"
 RECOVERABLE = frozenset({INVALID_SPEC, INVALID_TEMPLATE, STORE_NOT_ALLOWED})
 
-POD_DELETED = "PodDeleted"
-
 Triple = tuple[conditions.Status, str, str]
 NOT_FAILED: Triple = ("False", "NoFailure", "no attempt has failed the run")
-
-
-def checkpoint_ref(checkpoint: CheckpointInfo | None, store_root: str) -> CheckpointRef | None:
-    if checkpoint is None:
-        return None
-    return CheckpointRef(
-        name=checkpoint.name,
-        step=checkpoint.step,
-        attempt=checkpoint.attempt,
-        uri=layout.join_uri(store_root, checkpoint.path),
-    )
 
 
 @dataclass(frozen=True)
@@ -81,8 +79,8 @@ class RunState:
     generation: int | None
     spec: TrainingRunSpec | None
     status: TrainingRunStatus
-    pods: Mapping[int, AttemptPod]
-    """This run's attempt pods by attempt number (only those it owns)."""
+    pods: Sequence[AttemptPod]
+    """This run's attempt pods (only those it owns), of every attempt."""
     checkpoints: Sequence[CheckpointInfo]
     store_root: str
     now: datetime
@@ -105,11 +103,15 @@ class Step:
 
     status: TrainingRunStatus
     create: int | None = None
-    """The attempt whose pod must exist (create it after writing ``status``)."""
-    plan: ResumePlan = field(default_factory=ResumePlan)
+    """The attempt whose workers ``ranks`` must be created, along with writing ``status``."""
+    ranks: tuple[int, ...] = ()
+    resume: Resume = field(default_factory=Resume)
+    """What the created workers are told: the same for every worker of the attempt."""
+    delete: tuple[str, ...] = ()
+    """Pods of attempts that ended and are still alive: torn down now."""
     notes: tuple[Note, ...] = ()
     wake_at: datetime | None = None
-    """Look again at this time even if nothing happens (backoff)."""
+    """Look again at this time even if nothing happens (backoff, startup timeout)."""
 
 
 def is_terminal(status: TrainingRunStatus) -> bool:
@@ -127,11 +129,14 @@ class _Builder:
 
     def __init__(self, state: RunState) -> None:
         self.state = state
+        self.num_nodes = state.spec.num_nodes if state.spec is not None else 1
+        self.gangs = gang.by_attempt(state.pods)
         self.status = state.status.model_copy(deep=True)
         self.status.observed_generation = state.generation
         self.notes: list[Note] = []
         self.create: int | None = None
-        self.plan = ResumePlan()
+        self.ranks: tuple[int, ...] = ()
+        self.resume = Resume()
         self.wake_at: datetime | None = None
 
     def conditions(self, ready: Triple, progressing: Triple, failed: Triple = NOT_FAILED) -> None:
@@ -155,18 +160,34 @@ class _Builder:
             ("False", reason, message), ("False", reason, message), ("True", reason, message)
         )
 
+    def stale(self) -> tuple[str, ...]:
+        """Live pods of attempts that have ended (not of one recorded later, or not yet)."""
+        attempts = self.status.attempts
+        last = attempts[-1] if attempts else None
+        current = last.attempt if last and last.phase in ("Pending", "Running") else None
+        newest = last.attempt if last else -1
+        return tuple(
+            sorted(
+                p.name
+                for p in self.state.pods
+                if p.live and not p.terminating and p.attempt <= newest and p.attempt != current
+            )
+        )
+
     def step(self) -> Step:
         return Step(
             status=self.status,
             create=self.create,
-            plan=self.plan,
+            ranks=self.ranks,
+            resume=self.resume,
+            delete=self.stale(),
             notes=tuple(self.notes),
             wake_at=self.wake_at,
         )
 
 
 def next_step(state: RunState) -> Step:
-    """The status the run should have now, the pod that should exist, the events to post."""
+    """The status the run should have now, the pods that should exist, the events to post."""
     b = _Builder(state)
     plan = resume_plan(state.checkpoints)
     b.status.latest_checkpoint = checkpoint_ref(plan.target, state.store_root)
@@ -187,19 +208,7 @@ def next_step(state: RunState) -> Step:
         return b.step()
     record = st.attempts[-1]
     if record.phase in ("Pending", "Running"):
-        pod = state.pods.get(record.attempt)
-        if pod is None:
-            if record.phase == "Running":
-                gone = Failure(reason=POD_DELETED, reasons=frozenset({POD_DELETED}))
-                _failed(b, spec, record, gone, None, plan)
-            else:
-                _ensure_pod(b, record, plan)
-        elif pod.phase == "Succeeded":
-            _succeeded(b, record, pod)
-        elif pod.phase == "Failed":
-            _failed(b, spec, record, pod.failure, pod.finished_at, plan)
-        else:
-            _observe(b, record, pod)
+        _open_attempt(b, spec, record, plan)
     elif st.phase == "BackingOff" and st.next_attempt_after and state.now < st.next_attempt_after:
         b.wake_at = st.next_attempt_after
         _backing_off_conditions(b, record.attempt + 1, st.next_attempt_after)
@@ -208,37 +217,86 @@ def next_step(state: RunState) -> Step:
     return b.step()
 
 
+def _open_attempt(
+    b: _Builder, spec: TrainingRunSpec, record: AttemptStatus, plan: ResumePlan
+) -> None:
+    workers = b.gangs.get(record.attempt, {})
+    found = gang.outcome(workers, b.num_nodes)
+    if found.state == "Failed":
+        _failed(b, spec, record, found.failure, found.finished_at, plan, found.cause)
+    elif found.state == "Missing":
+        if record.phase == "Running":
+            gone = gang.deleted(found.cause, b.num_nodes)
+            _failed(b, spec, record, gone, None, plan, found.cause)
+        else:
+            _ensure_workers(b, record, plan, found.missing)
+    elif found.state == "Succeeded":
+        _succeeded(b, record, found)
+    elif found.state == "Running":
+        _observe(b, record, gang.started_at(workers))
+    elif spec.startup_timeout_seconds is not None and record.start_time is not None:
+        deadline = record.start_time + timedelta(seconds=spec.startup_timeout_seconds)
+        if b.state.now < deadline:
+            b.wake_at = deadline
+            return
+        failure = gang.startup_timeout(
+            workers, b.num_nodes, spec.startup_timeout_seconds, b.state.name
+        )
+        _failed(b, spec, record, failure, None, plan, found.cause)
+
+
 def _resume_text(ref: CheckpointRef | None) -> str:
     if ref is None:
         return "from scratch (no Ready checkpoint)"
     return f"from {ref.name} (step {ref.step}, attempt {ref.attempt})"
 
 
-def _start(b: _Builder, attempt: int, plan: ResumePlan) -> None:
-    """Record a new attempt; the controller creates its pod along with this status write.
+def _workers_text(b: _Builder) -> str:
+    return "" if b.num_nodes == 1 else f" with {b.num_nodes} workers"
 
-    If the pod exists already (created just before a crash or a lost write race), it is
-    adopted: its own resume point is recorded, so status never disagrees with the pod.
+
+def _alive_before(b: _Builder, attempt: int) -> list[AttemptPod]:
+    return sorted((p for p in b.state.pods if p.attempt < attempt and p.live), key=lambda p: p.name)
+
+
+def _start(b: _Builder, attempt: int, plan: ResumePlan) -> None:
+    """Record a new attempt; the controller creates its workers along with this status write.
+
+    Workers that exist already (created just before a crash or a lost write race) are adopted:
+    their resume point is recorded and given to the missing ones, so status and every worker
+    agree. Nothing starts while a worker of an earlier attempt is alive.
     """
     st = b.status
-    existing = b.state.pods.get(attempt)
-    ref = existing.resumed_from if existing else checkpoint_ref(plan.target, b.state.store_root)
+    existing = b.gangs.get(attempt, {})
+    alive = _alive_before(b, attempt)
+    if alive and not existing:
+        st.phase = "BackingOff"
+        text = (
+            f"attempt {attempt} starts when {len(alive)} worker(s) of earlier attempts have "
+            f"stopped: {', '.join(p.name for p in alive[:4])}"
+        )
+        b.conditions(("False", "TearingDown", text), ("True", "TearingDown", text))
+        return
+    resume = (
+        Resume.of_pod(next(iter(existing.values())))
+        if existing
+        else Resume.from_plan(plan, b.state.store_root)
+    )
     st.attempts = [
         *st.attempts,
         AttemptStatus(
             attempt=attempt,
-            pod=names.attempt_pod_name(b.state.name, attempt),
+            pod=names.attempt_pod_name(b.state.name, attempt, 0, b.num_nodes),
             start_time=b.state.now.replace(microsecond=0),
             phase="Pending",
-            resumed_from=ref,
+            resumed_from=resume.target,
         ),
     ]
     st.attempt = attempt
     st.next_attempt_after = None
     st.phase = "Pending"
-    if existing is None:
-        b.create, b.plan = attempt, plan
-    text = f"attempt {attempt} resumes {_resume_text(ref)}"
+    _create(b, attempt, tuple(r for r in range(b.num_nodes) if r not in existing), resume)
+    text = f"attempt {attempt} resumes {_resume_text(resume.target)}{_workers_text(b)}"
     if attempt == 0:
         b.notes.append(Note("Normal", "Started", text))
         reason = "AttemptStarted"
@@ -251,69 +309,87 @@ def _start(b: _Builder, attempt: int, plan: ResumePlan) -> None:
     )
 
 
-def _ensure_pod(b: _Builder, record: AttemptStatus, plan: ResumePlan) -> None:
-    """The attempt is recorded but its pod was never seen: (re)create it with a fresh plan.
+def _create(b: _Builder, attempt: int, ranks: tuple[int, ...], resume: Resume) -> None:
+    if ranks:
+        b.create, b.ranks, b.resume = attempt, ranks, resume
 
-    The plan is recomputed because a checkpoint may have turned Invalid since the record was
-    written; the record is updated first so status always names the pod's real resume point.
+
+def _ensure_workers(
+    b: _Builder, record: AttemptStatus, plan: ResumePlan, missing: tuple[int, ...]
+) -> None:
+    """The attempt is recorded but workers were never seen: (re)create them.
+
+    With no worker at all the plan is recomputed (a checkpoint may have turned Invalid since
+    the record was written) and the record updated first, so status always names the real
+    resume point; otherwise the missing workers get the one the others have.
     """
-    ref = checkpoint_ref(plan.target, b.state.store_root)
-    if record.resumed_from != ref:
-        b.status.attempts = [
-            *b.status.attempts[:-1],
-            record.model_copy(update={"resumed_from": ref}),
-        ]
+    existing = b.gangs.get(record.attempt, {})
+    if existing:
+        resume = Resume.of_pod(next(iter(existing.values())))
+    else:
+        resume = Resume.from_plan(plan, b.state.store_root)
+        if record.resumed_from != resume.target:
+            b.status.attempts = [
+                *b.status.attempts[:-1],
+                record.model_copy(update={"resumed_from": resume.target}),
+            ]
     b.status.phase = "Pending"
-    b.create, b.plan = record.attempt, plan
-    text = f"attempt {record.attempt} resumes {_resume_text(ref)}"
+    _create(b, record.attempt, missing, resume)
+    text = f"attempt {record.attempt} resumes {_resume_text(resume.target)}{_workers_text(b)}"
     b.conditions(
         ("False", "AttemptPending", f"attempt {record.attempt} is pending"),
         ("True", "Restarted" if record.attempt else "AttemptStarted", text),
     )
 
 
-def _observe(b: _Builder, record: AttemptStatus, pod: AttemptPod) -> None:
-    """Mirror a pod that started running into the record and the run.
+def _observe(b: _Builder, record: AttemptStatus, started: datetime | None) -> None:
+    """Mirror a gang that started running into the record and the run.
 
-    A pod still Pending changes nothing: the conditions written when the attempt started
-    (``Restarted``, with its resume point) stay, and seeing the new pod costs no write.
+    Workers still Pending change nothing: the conditions written when the attempt started
+    (``Restarted``, with its resume point) stay, and seeing the new pods costs no write.
     """
-    if pod.phase != "Running" or record.phase == "Running":
+    if record.phase == "Running":
         return
     updated = record.model_copy(
-        update={"phase": "Running", "start_time": pod.started_at or record.start_time}
+        update={"phase": "Running", "start_time": started or record.start_time}
     )
     b.status.attempts = [*b.status.attempts[:-1], updated]
     b.status.phase = "Running"
-    text = f"attempt {pod.attempt} is running"
+    text = f"attempt {record.attempt} is running{_workers_text(b)}"
     b.conditions(("False", "AttemptRunning", text), ("True", "AttemptRunning", text))
 
 
 def _close(
+    b: _Builder,
     record: AttemptStatus,
     phase: Literal["Succeeded", "Failed"],
     failure: Failure,
     end: datetime | None,
-    now: datetime,
     action: restart.Action | None,
+    cause: int = 0,
 ) -> AttemptStatus:
-    return record.model_copy(
-        update={
-            "phase": phase,
-            "end_time": (end or now).replace(microsecond=0),
-            "exit_code": failure.exit_code,
-            "reason": failure.reason,
-            "message": failure.message,
-            "action": action,
-        }
-    )
+    update: dict[str, object] = {
+        "phase": phase,
+        "end_time": (end or b.state.now).replace(microsecond=0),
+        "exit_code": failure.exit_code,
+        "reason": failure.reason,
+        "message": failure.message,
+        "action": action,
+    }
+    if b.num_nodes > 1:
+        workers = b.gangs.get(record.attempt, {})
+        update["pod"] = names.attempt_pod_name(b.state.name, record.attempt, cause, b.num_nodes)
+        update["workers"] = gang.worker_statuses(workers, b.num_nodes, b.state.name, record.attempt)
+    closed: AttemptStatus = record.model_copy(update=update)
+    return closed
 
 
-def _succeeded(b: _Builder, record: AttemptStatus, pod: AttemptPod) -> None:
-    ok = Failure(exit_code=pod.failure.exit_code if pod.failure.exit_code is not None else 0)
+def _succeeded(b: _Builder, record: AttemptStatus, found: gang.Outcome) -> None:
+    code = found.failure.exit_code
+    ok = Failure(exit_code=code if code is not None else 0)
     b.status.attempts = [
         *b.status.attempts[:-1],
-        _close(record, "Succeeded", ok, pod.finished_at, b.state.now, None),
+        _close(b, record, "Succeeded", ok, found.finished_at, None),
     ]
     b.status.phase = "Succeeded"
     b.status.next_attempt_after = None
@@ -329,6 +405,7 @@ def _failed(
     failure: Failure,
     end: datetime | None,
     plan: ResumePlan,
+    cause: int,
 ) -> None:
     st = b.status
     resumed = record.resumed_from.step if record.resumed_from else None
@@ -342,12 +419,12 @@ def _failed(
     )
     st.attempts = [
         *st.attempts[:-1],
-        _close(record, "Failed", failure, end, b.state.now, decision.action),
+        _close(b, record, "Failed", failure, end, decision.action, cause),
     ]
     st.restarts = decision.restarts
     st.attempts_without_progress = decision.attempts_without_progress
-    if not decision.restart and record.attempt + 1 in b.state.pods:
-        # The next pod was created before a crash lost this decision, and the inputs have
+    if not decision.restart and record.attempt + 1 in b.gangs:
+        # The next pods were created before a crash lost this decision, and the inputs have
         # changed since (a checkpoint's verification finished): what happened stands.
         spent = 1 if decision.action == "Retry" else 0
         decision = replace(decision, restart=True, delay_s=0, restarts=decision.restarts + spent)
@@ -371,6 +448,6 @@ def _backing_off_conditions(b: _Builder, attempt: int, when: datetime) -> None:
     b.conditions(("False", "BackingOff", text), ("True", "BackingOff", text))
 
 
-def pods_by_attempt(pods: Iterable[AttemptPod], run_uid: str) -> dict[int, AttemptPod]:
+def own_pods(pods: Iterable[AttemptPod], run_uid: str) -> list[AttemptPod]:
     """The run's own attempt pods: a same-named pod of a deleted namesake run is not ours."""
-    return {p.attempt: p for p in pods if p.owner_uid == run_uid}
+    return [p for p in pods if p.owner_uid == run_uid]

@@ -14,7 +14,10 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ckpt_operator.api.models import CheckpointRef
+from ckpt_operator.storage import layout
 from ckpt_operator.views.checkpoint import CheckpointInfo
+from ckpt_operator.views.pod import AttemptPod
 
 MAX_CANDIDATES = 8
 """How many fallbacks ``CKPT_RESUME_CANDIDATES`` lists: enough to survive a few corrupt
@@ -62,6 +65,39 @@ class ResumePlan:
 def resume_plan(checkpoints: Iterable[CheckpointInfo], limit: int = MAX_CANDIDATES) -> ResumePlan:
     """The plan for a new attempt from the run's checkpoints as they are now."""
     return ResumePlan(tuple(resume_candidates(checkpoints, limit=limit)))
+
+
+def checkpoint_ref(checkpoint: CheckpointInfo | None, store_root: str) -> CheckpointRef | None:
+    if checkpoint is None:
+        return None
+    return CheckpointRef(
+        name=checkpoint.name,
+        step=checkpoint.step,
+        attempt=checkpoint.attempt,
+        uri=layout.join_uri(store_root, checkpoint.path),
+    )
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What every worker of one attempt is told in its env: the target and the fallbacks.
+
+    All workers of an attempt get the same one, even when some are created after a crash and
+    the run's checkpoints have changed meanwhile: then it is taken from a worker that exists.
+    """
+
+    target: CheckpointRef | None = None
+    candidates: tuple[str, ...] = ()
+    """URIs, newest first, the target's first."""
+
+    @classmethod
+    def from_plan(cls, plan: ResumePlan, store_root: str) -> Resume:
+        uris = tuple(layout.join_uri(store_root, c.path) for c in plan.candidates)
+        return cls(checkpoint_ref(plan.target, store_root), uris)
+
+    @classmethod
+    def of_pod(cls, pod: AttemptPod) -> Resume:
+        return cls(pod.resumed_from, pod.resume_candidates)
 
 
 def made_progress(

@@ -98,6 +98,11 @@ def _container(name: str, state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _pod_name(run: str, attempt: int, rank: int | None) -> str:
+    """A single-node run's pod, or worker ``rank`` of a gang."""
+    return names.attempt_pod_name(run, attempt, rank or 0, 1 if rank is None else 2)
+
+
 def env_of(pod: Any) -> dict[str, str]:
     """The first container's literal env values (downward-API entries as ``fieldRef:path``)."""
     env = {}
@@ -198,8 +203,8 @@ class Cluster:
                 return None
             raise
 
-    def wait_pod(self, run: str, attempt: int, timeout: float = 20) -> Any:
-        name = names.attempt_pod_name(run, attempt)
+    def wait_pod(self, run: str, attempt: int, timeout: float = 20, rank: int | None = None) -> Any:
+        name = _pod_name(run, attempt, rank)
         return wait_for(lambda: self.pod(name), timeout, f"pod {name}")
 
     def attempt_pods(self, run: str) -> list[str]:
@@ -211,10 +216,10 @@ class Cluster:
     def _pod_status(self, name: str, status: dict[str, Any]) -> None:
         self.core.patch_namespaced_pod_status(name, self.ns, {"status": status})
 
-    def run_pod(self, run: str, attempt: int) -> None:
+    def run_pod(self, run: str, attempt: int, rank: int | None = None) -> None:
         now = _now()
         self._pod_status(
-            names.attempt_pod_name(run, attempt),
+            _pod_name(run, attempt, rank),
             {
                 "phase": "Running",
                 "startTime": now,
@@ -230,8 +235,9 @@ class Cluster:
         reason: str = "Error",
         pod_reason: str | None = None,
         disruption: str | None = None,
+        rank: int | None = None,
     ) -> None:
-        """Mark the attempt's pod Failed as a kubelet would."""
+        """Mark the attempt's pod (a gang's worker ``rank``) Failed as a kubelet would."""
         now = _now()
         status: dict[str, Any] = {
             "phase": "Failed",
@@ -254,12 +260,12 @@ class Cluster:
                     "lastTransitionTime": now,
                 }
             ]
-        self._pod_status(names.attempt_pod_name(run, attempt), status)
+        self._pod_status(_pod_name(run, attempt, rank), status)
 
-    def succeed_pod(self, run: str, attempt: int) -> None:
+    def succeed_pod(self, run: str, attempt: int, rank: int | None = None) -> None:
         now = _now()
         self._pod_status(
-            names.attempt_pod_name(run, attempt),
+            _pod_name(run, attempt, rank),
             {
                 "phase": "Succeeded",
                 "containerStatuses": [
@@ -270,6 +276,24 @@ class Cluster:
                 ],
             },
         )
+
+    def hold_pod(self, name: str) -> None:
+        """Keep a pod Terminating once deleted (as a slow kubelet would) until released."""
+        self.core.patch_namespaced_pod(name, self.ns, {"metadata": {"finalizers": [HOLD]}})
+
+    def release_pod(self, name: str) -> None:
+        self.core.patch_namespaced_pod(name, self.ns, {"metadata": {"finalizers": None}})
+
+    def live_attempts(self, run: str) -> set[int]:
+        """Attempts that have a pod not yet Succeeded or Failed (Terminating ones included)."""
+        pods: Any = self.core.list_namespaced_pod(
+            self.ns, label_selector=f"{names.LABEL_RUN}={run}"
+        )
+        return {
+            int(p.metadata.labels[names.LABEL_ATTEMPT])
+            for p in pods.items
+            if (p.status.phase or "Pending") not in ("Succeeded", "Failed")
+        }
 
     def consumer(self, name: str, run: str, loaded: int | None = None) -> None:
         """A consumer pod (no nodeName: it stays Pending and nothing runs it)."""

@@ -6,6 +6,7 @@ so everything the operator needs from a pod is read here, once per watch event.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -96,14 +97,44 @@ def failure_of(status: Mapping[str, Any], first_container: str | None = None) ->
     )
 
 
-def _resume_of(meta: Mapping[str, Any], containers: list[Any]) -> CheckpointRef | None:
+def _env_value(containers: list[Any], name: str) -> str | None:
     env = containers[0].get("env") or [] if containers else []
-    uri = next((e.get("value") for e in env if e.get("name") == names.ENV_RESUME_FROM), None)
+    return next((e.get("value") for e in env if e.get("name") == name), None)
+
+
+def _resume_of(meta: Mapping[str, Any], containers: list[Any]) -> CheckpointRef | None:
+    uri = _env_value(containers, names.ENV_RESUME_FROM)
     parsed = layout.parse_committed(uri) if uri else None
     if not uri or parsed is None:
         return None
     name = (meta.get("annotations") or {}).get(names.ANNOTATION_RESUME_FROM) or ""
     return CheckpointRef(name=name, step=parsed.step, attempt=parsed.attempt, uri=uri)
+
+
+def _candidates_of(containers: list[Any]) -> tuple[str, ...]:
+    try:
+        found = json.loads(_env_value(containers, names.ENV_RESUME_CANDIDATES) or "[]")
+    except ValueError:
+        return ()
+    return tuple(str(uri) for uri in found) if isinstance(found, list) else ()
+
+
+def waiting_reason(status: Mapping[str, Any]) -> str | None:
+    """Why a pod is not running yet, as a person would want to read it; None if unknown."""
+    for cs in [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in (
+            "ContainerCreating",
+            "PodInitializing",
+        ):
+            return f"{waiting['reason']}: {waiting.get('message') or cs.get('name')}"[:512]
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return f"{cond.get('reason') or 'NotScheduled'}: {cond.get('message') or ''}"[:512]
+    return None
 
 
 @dataclass(frozen=True)
@@ -122,6 +153,16 @@ class AttemptPod:
     finished_at: datetime | None = None
     resumed_from: CheckpointRef | None = None
     """Where the pod resumes from, as its env says: status records it when adopting the pod."""
+    resume_candidates: tuple[str, ...] = ()
+    """Its ``CKPT_RESUME_CANDIDATES``: the rest of a partly created gang gets the same."""
+    rank: int = 0
+    waiting: str | None = None
+    """Why it is not running yet (unschedulable, image pull back-off, …), if known."""
+
+    @property
+    def live(self) -> bool:
+        """May still run containers (and hold GPUs, ports): not Succeeded or Failed."""
+        return self.phase not in ("Succeeded", "Failed")
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> AttemptPod | None:
@@ -131,6 +172,7 @@ class AttemptPod:
         run, attempt = labels.get(names.LABEL_RUN), labels.get(names.LABEL_ATTEMPT)
         if not run or attempt is None or not str(attempt).isdigit():
             return None
+        rank = str(labels.get(names.LABEL_NODE_RANK, "0"))
         owner = next(
             (o for o in meta.get("ownerReferences") or [] if o.get("controller")),
             None,
@@ -152,6 +194,9 @@ class AttemptPod:
             started_at=parse_time(status.get("startTime")),
             finished_at=_finished_at(status),
             resumed_from=_resume_of(meta, spec_containers),
+            resume_candidates=_candidates_of(spec_containers),
+            rank=int(rank) if rank.isdigit() else 0,
+            waiting=waiting_reason(status) if phase == "Pending" else None,
         )
 
 
