@@ -55,3 +55,7 @@ CONSUMERS_SILENT = Gauge(
     "ckpt_operator_consumers_silent",
     "Consumer pods silent past their run's reportTimeoutSeconds (they no longer block).",
 )
+UNSAFE_STORE_ENTRIES = Counter(
+    "ckpt_operator_unsafe_store_entries_total",
+    "Store entries skipped because they resolve outside their store (e.g. a planted symlink).",
+)

@@ -354,3 +354,36 @@ def test_a_silent_consumer_stops_blocking_and_is_flagged(env: Env) -> None:
     wait_for(flagged, 10, "ConsumersHealthy=False")
     events = wait_for(lambda: c.events_with_reason("ConsumerSilent"), 10, "a ConsumerSilent event")
     assert events[0].type == "Warning" and "mute" in events[0].message
+
+
+def test_a_store_entry_escaping_the_store_is_skipped_named_and_the_rest_registered(
+    env: Env, tmp_path: Path
+) -> None:
+    """A symlink out of the store (named like a checkpoint, and as a temporary) must not stop
+    the scan or the sweep: it is skipped with a Warning naming it, and a valid checkpoint that
+    sorts after it is still registered (confined paths)."""
+    c = env.cluster
+    env.run("evil")
+    outside = tmp_path / "outside"
+    target = outside / write_checkpoint(outside, "evil", 5)
+    store_dir = env.root / "evil"
+    store_dir.mkdir(exist_ok=True)
+    (store_dir / "step-0000000005.attempt-0").symlink_to(target, target_is_directory=True)
+    (store_dir / ".tmp.step-0000000007.attempt-0.cccc").symlink_to(outside)
+    write_checkpoint(env.store("evil"), "evil", 6)
+    six = names.checkpoint_object_name("evil", 6, 0)
+    wait_for(lambda: six in c.checkpoint_names(), 15, "step 6 to be registered")
+    c.wait_checkpoint(six, "Ready")
+    warned = wait_for(
+        lambda: [
+            e
+            for e in c.events("evil")
+            if e.reason == "UnsafeStoreEntry" and "step-0000000005.attempt-0" in e.message
+        ],
+        15,
+        "a Warning naming the entry",
+    )
+    assert warned[0].type == "Warning"
+    assert names.checkpoint_object_name("evil", 5, 0) not in c.checkpoint_names()
+    assert target.is_dir() and (target / "model.bin").exists(), "nothing outside is touched"
+    assert "checkpoint-maintenance' failed" not in env.operator.log_text()

@@ -76,9 +76,23 @@ async def maintain(
     except StoreError as exc:
         logger.warning("store of run %s not scanned: %s", run.name, exc)
         return
-    await register_unknown(run, store, checkpoints_by_run, state.recently_deleted, logger)
+    scanned = await register_unknown(run, store, checkpoints_by_run, state.recently_deleted, logger)
     known = {c.name for c in checkpoints_by_run.get(key, [])}
-    await asyncio.to_thread(sweep, store, run, known, False, config, logger)
+    swept = await asyncio.to_thread(sweep, store, run, known, False, config, logger)
+    report_unsafe(body, {**scanned.unsafe, **swept.unsafe}, state.unsafe.setdefault(key, set()))
+
+
+def report_unsafe(body: kopf.Body, unsafe: dict[str, str], reported: set[str]) -> None:
+    """A Warning per store entry that resolves outside the store, once per operator run."""
+    for entry, reason in sorted(unsafe.items()):
+        if entry not in reported:
+            reported.add(entry)
+            metrics.UNSAFE_STORE_ENTRIES.inc()
+            kopf.warn(
+                body,
+                reason="UnsafeStoreEntry",
+                message=f"store entry {entry!r} skipped: it {reason}; remove it from the store",
+            )
 
 
 async def apply_retention(

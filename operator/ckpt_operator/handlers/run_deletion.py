@@ -16,6 +16,7 @@ import kopf
 
 from ckpt_operator.handlers.consumers import run_consumers
 from ckpt_operator.handlers.indexes import CheckpointsByRun, PodsByNamespace
+from ckpt_operator.handlers.maintenance import report_unsafe
 from ckpt_operator.handlers.runtime import Logger, runtime
 from ckpt_operator.handlers.selectors import TRAINING_RUNS
 from ckpt_operator.handlers.store_scan import sweep
@@ -72,5 +73,6 @@ async def delete_checkpoints(
         raise kopf.TemporaryError(
             f"unregistered checkpoints {', '.join(held)} still held by consumers", delay=10
         )
-    await asyncio.to_thread(sweep, store, run, set(), True, memo.config, logger)
+    swept = await asyncio.to_thread(sweep, store, run, set(), True, memo.config, logger)
+    report_unsafe(body, swept.unsafe, state.unsafe.pop(key, set()))
     state.last_scan.pop(key, None)

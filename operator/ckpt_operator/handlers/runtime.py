@@ -55,6 +55,8 @@ class Runtime:
     """When each run's store was last scanned (monotonic seconds)."""
     flagged: dict[RunKey, set[tuple[str, datetime]]] = field(default_factory=dict)
     """Consumers already reported silent, with the report time they fell silent at."""
+    unsafe: dict[RunKey, set[str]] = field(default_factory=dict)
+    """Store entries already reported as escaping the store."""
 
 
 def runtime(memo: kopf.Memo) -> Runtime:

@@ -2,13 +2,16 @@
 
 Not handlers themselves: the storage and API work both share. A committed checkpoint without a
 Checkpoint object (a lost SDK registration) is registered, so nothing is lost; orphans that
-:func:`~ckpt_operator.policy.orphans.orphan_kind` names are swept.
+:func:`~ckpt_operator.policy.orphans.orphan_kind` names are swept. An entry that resolves
+outside the store (a symlink planted there) is never followed: it is skipped and reported, and
+the rest of the store is still scanned (confined paths).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +24,7 @@ from ckpt_operator.kube.objects import checkpoint_body
 from ckpt_operator.policy.orphans import orphan_kind
 from ckpt_operator.storage import layout
 from ckpt_operator.storage.manifest import VerifyError, scan
-from ckpt_operator.storage.store import Store, StoreError
+from ckpt_operator.storage.store import PathEscapeError, Store, StoreError
 from ckpt_operator.views.run import RunView
 
 
@@ -41,13 +44,23 @@ def _committed(store: Store, entry: str) -> tuple[layout.CheckpointName, dict[st
     return name, found.metrics
 
 
+@dataclass
+class ScanResult:
+    """What one pass over a store did, and the entries it refused to follow."""
+
+    registered: int = 0
+    swept: list[str] = field(default_factory=list)
+    unsafe: dict[str, str] = field(default_factory=dict)
+    """Entry name -> why it was skipped."""
+
+
 async def register_unknown(
     run: RunView,
     store: Store,
     index: CheckpointsByRun,
     recently_deleted: RecentlyDeleted,
     logger: Logger,
-) -> int:
+) -> ScanResult:
     """Create a Checkpoint for each committed entry that has none.
 
     The scan races with the finalizer deleting storage: an entry listed a moment ago may be
@@ -65,7 +78,7 @@ async def register_unknown(
 
     entries = await asyncio.to_thread(store.list_entries)
     snapshot = {c.name for c in index.get(key, [])}
-    created = 0
+    result = ScanResult()
     for entry in entries:
         name = layout.parse_committed(entry)
         if name is None:
@@ -73,15 +86,19 @@ async def register_unknown(
         object_name = name.object_name(run.name)
         if object_name in snapshot or known(object_name):
             continue
-        found = await asyncio.to_thread(_committed, store, entry)
+        try:
+            found = await asyncio.to_thread(_committed, store, entry)
+        except PathEscapeError as exc:
+            result.unsafe[entry] = exc.reason
+            continue
         if found is None or known(object_name):
             continue
         body = checkpoint_body(run.name, found[0], metrics=found[1], owner_uid=run.uid or None)
         if await kube.create_checkpoint(run.namespace, body):
-            created += 1
+            result.registered += 1
             metrics.CHECKPOINTS_REGISTERED.inc()
             logger.info("registered %s found in the store", object_name)
-    return created
+    return result
 
 
 def _age_s(store: Store, entry: str, now: datetime) -> float:
@@ -98,18 +115,23 @@ def sweep(
     run_deleted: bool,
     config: OperatorConfig,
     logger: Logger,
-) -> list[str]:
+) -> ScanResult:
     """Remove the orphans :func:`orphan_kind` names (see :mod:`ckpt_operator.policy.orphans`);
-    ``registered`` are the run's Checkpoint object names. Returns what went."""
+    ``registered`` are the run's Checkpoint object names."""
     now = datetime.now(UTC)
-    swept = []
+    result = ScanResult()
     for entry in store.list_entries():
-        kind = orphan_kind(
-            entry,
-            has_manifest=lambda e: store.exists(f"{e}/{layout.MANIFEST_NAME}"),
-            registered=lambda n: n.object_name(run.name) in registered,
-            run_deleted=run_deleted,
-        )
+        try:
+            store.resolve(entry)
+            kind = orphan_kind(
+                entry,
+                has_manifest=lambda e: store.exists(f"{e}/{layout.MANIFEST_NAME}"),
+                registered=lambda n: n.object_name(run.name) in registered,
+                run_deleted=run_deleted,
+            )
+        except PathEscapeError as exc:
+            result.unsafe[entry] = exc.reason
+            continue
         if kind is None:
             continue
         if not run_deleted and _age_s(store, entry, now) < config.sweep_grace_s:
@@ -132,5 +154,5 @@ def sweep(
             logger.warning("orphan sweep could not remove %s: %s", store.uri(entry), exc)
             continue
         logger.info("orphan sweep removed %s %s (%d bytes)", kind, store.uri(entry), size)
-        swept.append(entry)
-    return swept
+        result.swept.append(entry)
+    return result
