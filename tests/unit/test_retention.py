@@ -122,3 +122,22 @@ def test_retention_properties(
         assert total <= policy["maxBytes"] or not [c for c in removable if c.size_bytes]
     if not {"keepLast", "keepEvery", "keepBest", "maxBytes"} & policy.keys():
         assert result == []
+
+
+def weights(step: int, attempt: int = 0) -> CheckpointInfo:
+    return ckpt(step, attempt, kind="weights")
+
+
+def test_rules_apply_per_kind_weights_exports_do_not_crowd_out_full_checkpoints() -> None:
+    """Exporting weights after every save must not leave keepLast=2 with a single full
+    checkpoint to resume from: each kind keeps its own newest two."""
+    cks = [c for s in range(1, 6) for c in (ckpt(s * 10), weights(s * 10))]
+    gone = expired(cks, {"keepLast": 2})
+    assert sorted((e.checkpoint.kind, e.checkpoint.step) for e in gone) == [
+        ("full", 10),
+        ("full", 20),
+        ("full", 30),
+        ("weights", 10),
+        ("weights", 20),
+        ("weights", 30),
+    ]

@@ -12,6 +12,9 @@ Rules, over the run's verified (Ready) checkpoints that are not already being de
   (checkpoints without the metric are not candidates for it);
 * a checkpoint kept by any rule survives; when at least one of these rules is set, every other
   one expires. With none set, none expires by them.
+* the rules apply to each kind on its own: ``keepLast: 3`` keeps the three newest full
+  checkpoints *and* the three newest weights exports, so exporting weights after every save
+  never leaves fewer full checkpoints to resume from than asked for.
 * ``maxBytes`` then caps the survivors' total size: the oldest survivors expire first.
 
 The run's newest Ready checkpoints (see :func:`~ckpt_operator.policy.deletion.newest_protected`) and
@@ -55,19 +58,9 @@ def expired(
         (c for c in everything if c.verified and not c.terminating), key=_order, reverse=True
     )
     kept: set[str] = set(keep_always)
-    rules = []
-    if policy.keep_last is not None:
-        rules.append(f"keepLast={policy.keep_last}")
-        kept |= {c.name for c in candidates[: policy.keep_last]}
-    if policy.keep_every is not None:
-        rules.append(f"keepEvery={policy.keep_every}")
-        kept |= {c.name for c in candidates if c.step % policy.keep_every == 0}
-    if policy.keep_best is not None:
-        best = policy.keep_best
-        rules.append(f"keepBest={best.metric}:{best.mode}:{best.count}")
-        scored = [c for c in candidates if best.metric in c.metrics]
-        scored.sort(key=lambda c: c.metrics[best.metric], reverse=best.mode == "max")
-        kept |= {c.name for c in scored[: best.count]}
+    for kind in {c.kind for c in candidates}:
+        kept |= _kept_by_rules(policy, [c for c in candidates if c.kind == kind])
+    rules = _rule_names(policy)
     result: list[Expiry] = []
     if rules:
         reason = "not kept by " + ", ".join(rules)
@@ -84,3 +77,30 @@ def expired(
             total -= c.size_bytes or 0
             result.append(Expiry(c, f"over maxBytes={policy.max_bytes}"))
     return sorted(result, key=lambda e: _order(e.checkpoint))
+
+
+def _rule_names(policy: Retention) -> list[str]:
+    rules = []
+    if policy.keep_last is not None:
+        rules.append(f"keepLast={policy.keep_last}")
+    if policy.keep_every is not None:
+        rules.append(f"keepEvery={policy.keep_every}")
+    if policy.keep_best is not None:
+        best = policy.keep_best
+        rules.append(f"keepBest={best.metric}:{best.mode}:{best.count}")
+    return rules
+
+
+def _kept_by_rules(policy: Retention, newest_first: list[CheckpointInfo]) -> set[str]:
+    """Names the count and step rules keep among checkpoints of one kind."""
+    kept: set[str] = set()
+    if policy.keep_last is not None:
+        kept |= {c.name for c in newest_first[: policy.keep_last]}
+    if policy.keep_every is not None:
+        kept |= {c.name for c in newest_first if c.step % policy.keep_every == 0}
+    if policy.keep_best is not None:
+        best = policy.keep_best
+        scored = [c for c in newest_first if best.metric in c.metrics]
+        scored.sort(key=lambda c: c.metrics[best.metric], reverse=best.mode == "max")
+        kept |= {c.name for c in scored[: best.count]}
+    return kept
