@@ -214,6 +214,24 @@ def test_ignored_failures_do_not_spend_the_budget(
     assert kube.condition("r", "Failed")["reason"] == "RestartBudgetExhausted"
 
 
+def test_ignored_failures_have_a_budget_of_their_own(
+    kube: Cluster, store: Path, operator: OperatorProcess
+) -> None:
+    """A run preempted again and again does not loop forever: maxPreemptions ends it."""
+    rules = [{"action": "Ignore", "onReasons": ["Preempted"]}]
+    body = run_body("r", uri(store), rules=rules)
+    body["spec"]["restartPolicy"]["maxPreemptions"] = 2
+    kube.create_run(body)
+    for attempt in range(3):
+        kube.wait_pod("r", attempt)
+        kube.fail_pod("r", attempt, exit_code=143, pod_reason="Preempted")
+    status = kube.wait_run_phase("r", "Failed")
+    assert (status["preemptions"], status["restarts"], status["attempt"]) == (2, 0, 2)
+    failed = kube.condition("r", "Failed")
+    assert failed["reason"] == "PreemptionBudgetExhausted" and "maxPreemptions" in failed["message"]
+    assert "PreemptionBudgetExhausted" in kube.event_reasons("r")
+
+
 def test_progress_rule_fails_a_stuck_run(
     kube: Cluster, store: Path, operator: OperatorProcess
 ) -> None:

@@ -155,6 +155,12 @@ class FailureRule(Model):
 
 class RestartPolicy(Model):
     max_restarts: int = Field(default=3, ge=0, description="Restarts that count against budget.")
+    max_preemptions: int | None = Field(
+        default=100,
+        ge=0,
+        description="Restarts after failures an Ignore rule matched (preemptions, evictions); "
+        "past it the run fails (PreemptionBudgetExhausted). Unset: unlimited.",
+    )
     backoff: Backoff = Field(default_factory=Backoff)
     rules: list[FailureRule] = Field(default_factory=list)
     max_attempts_without_progress: int | None = Field(
@@ -259,6 +265,9 @@ class TrainingRunStatus(Model):
         "(see attempt).",
     )
     attempts_without_progress: int = Field(default=0, ge=0)
+    preemptions: int = Field(
+        default=0, ge=0, description="Restarts after failures an Ignore rule matched."
+    )
     next_attempt_after: datetime | None = None
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = Field(default=None, ge=0)

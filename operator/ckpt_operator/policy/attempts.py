@@ -416,6 +416,7 @@ def _failed(
         restarts=st.restarts,
         attempts_without_progress=st.attempts_without_progress,
         made_progress=made_progress(b.state.checkpoints, record.attempt, resumed),
+        preemptions=st.preemptions,
     )
     st.attempts = [
         *st.attempts[:-1],
@@ -423,12 +424,19 @@ def _failed(
     ]
     st.restarts = decision.restarts
     st.attempts_without_progress = decision.attempts_without_progress
+    st.preemptions = decision.preemptions
     if not decision.restart and record.attempt + 1 in b.gangs:
         # The next pods were created before a crash lost this decision, and the inputs have
         # changed since (a checkpoint's verification finished): what happened stands.
-        spent = 1 if decision.action == "Retry" else 0
-        decision = replace(decision, restart=True, delay_s=0, restarts=decision.restarts + spent)
-        st.restarts = decision.restarts
+        retried, ignored = decision.action == "Retry", decision.action == "Ignore"
+        decision = replace(
+            decision,
+            restart=True,
+            delay_s=0,
+            restarts=decision.restarts + retried,
+            preemptions=decision.preemptions + ignored,
+        )
+        st.restarts, st.preemptions = decision.restarts, decision.preemptions
     if not decision.restart:
         b.notes.append(Note("Warning", decision.reason, decision.message))
         b.fail(decision.reason, decision.message)

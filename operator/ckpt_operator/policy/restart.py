@@ -11,7 +11,7 @@ Preempted, DeadlineExceeded), container termination reasons (OOMKilled, Error) a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from ckpt_operator.api.models import Backoff, FailureRule, RestartPolicy
@@ -23,6 +23,7 @@ RESTARTING = "Restarting"
 FAILED_BY_RULE = "FailedByRule"
 BUDGET_EXHAUSTED = "RestartBudgetExhausted"
 NO_PROGRESS = "NoProgress"
+PREEMPTIONS_EXHAUSTED = "PreemptionBudgetExhausted"
 
 
 def rule_matches(rule: FailureRule, failure: Failure) -> bool:
@@ -74,6 +75,7 @@ class Decision:
     restarts: int
     attempts_without_progress: int
     delay_s: float = 0.0
+    preemptions: int = 0
 
 
 def decide(
@@ -84,14 +86,41 @@ def decide(
     restarts: int,
     attempts_without_progress: int,
     made_progress: bool,
+    preemptions: int = 0,
 ) -> Decision:
-    """Apply the rules, the restart budget and the progress rule to a failed ``attempt``.
+    """Apply the rules, the restart budgets and the progress rule to a failed ``attempt``.
 
     ``restarts`` counts the restarts already spent from ``maxRestarts``; ``Ignore`` failures
-    spend none and leave the progress count alone (a preempted attempt is nobody's fault),
-    ``FailRun`` ends the run whatever is left. The progress rule is checked before the budget
-    so a stuck run fails with the more telling reason.
+    spend none and leave the progress count alone (a preempted attempt is nobody's fault), but
+    spend one of ``maxPreemptions`` (``preemptions`` so far), so endless preemptions or a too
+    broad rule cannot loop forever. ``FailRun`` ends the run whatever is left. The progress
+    rule is checked before the budget so a stuck run fails with the more telling reason.
     """
+    decision = _decide(policy, failure, attempt, restarts, attempts_without_progress, made_progress)
+    if decision.action != "Ignore":
+        return replace(decision, preemptions=preemptions)
+    limit = policy.max_preemptions
+    if limit is not None and preemptions >= limit:
+        return replace(
+            decision,
+            restart=False,
+            reason=PREEMPTIONS_EXHAUSTED,
+            message=f"attempt {attempt} failed ({failure.describe()}); all {limit} restarts "
+            "for ignored failures are used (maxPreemptions)",
+            delay_s=0.0,
+            preemptions=preemptions,
+        )
+    return replace(decision, preemptions=preemptions + 1)
+
+
+def _decide(
+    policy: RestartPolicy,
+    failure: Failure,
+    attempt: int,
+    restarts: int,
+    attempts_without_progress: int,
+    made_progress: bool,
+) -> Decision:
     action, which = classify(policy.rules, failure)
     what = f"attempt {attempt} failed ({failure.describe()})"
     if action == "FailRun":
