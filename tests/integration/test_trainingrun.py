@@ -405,3 +405,31 @@ def test_bad_input_is_refused_at_admission(
         kube.create_run(body)
     assert caught.value.status == 422
     assert path[-1] in caught.value.body
+
+
+def test_a_pod_stuck_pending_fails_the_attempt_after_startup_timeout(
+    kube: Cluster, store: Path, operator: OperatorProcess
+) -> None:
+    """An image that cannot be pulled must not keep the run waiting forever: the attempt fails
+    with reason StartupTimeout and the pod's own reason, and the rules decide what follows."""
+    kube.create_run(run_body("r", uri(store), startupTimeoutSeconds=2))
+    kube.wait_pod("r", 0)
+    waiting = {
+        "name": "trainer",
+        "image": "trainer:latest",
+        "imageID": "",
+        "ready": False,
+        "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}},
+    }
+    kube.core.patch_namespaced_pod_status(
+        "r-attempt-0", kube.ns, {"status": {"phase": "Pending", "containerStatuses": [waiting]}}
+    )
+    kube.wait_pod("r", 1, timeout=30)
+    record = kube.status("r")["attempts"][0]
+    assert (record["phase"], record["reason"], record["action"]) == (
+        "Failed",
+        "StartupTimeout",
+        "Retry",
+    )
+    assert "r-attempt-0: ImagePullBackOff: Back-off pulling image" in record["message"]
