@@ -17,6 +17,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from ckpt_operator.api import names
+from ckpt_operator.sdk import Consumer
+from ckpt_operator.sdk.registry import KubeRegistry
 from ckpt_operator.storage import layout
 from ckpt_operator.storage.manifest import verify
 from ckpt_operator.storage.store import Store
@@ -354,6 +356,32 @@ def test_a_silent_consumer_stops_blocking_and_is_flagged(env: Env) -> None:
     wait_for(flagged, 10, "ConsumersHealthy=False")
     events = wait_for(lambda: c.events_with_reason("ConsumerSilent"), 10, "a ConsumerSilent event")
     assert events[0].type == "Warning" and "mute" in events[0].message
+
+
+def test_a_consumer_that_keeps_serving_one_step_stays_protected_while_alive(env: Env) -> None:
+    """Liveness comes from the consumer being alive (its heartbeat), not from the step
+    changing: serving step 1 for longer than reportTimeoutSeconds keeps step 1; once the
+    heartbeats stop, it turns silent and stops blocking (safe deletion)."""
+    c = env.cluster
+    run = env.run("serve", consumers={"reportTimeoutSeconds": 3})
+    c.consumer("server", "serve")
+    consumer = Consumer(
+        env.store("serve"),
+        run="serve",
+        pod="server",
+        registry=KubeRegistry(c.ns, c.custom, c.core),
+    )
+    one, _two = env.ready(run, 1, 2)
+    assert consumer.report_loaded(1)
+    c.delete(one)
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        assert consumer.report_loaded(1)  # still serving step 1: a heartbeat
+        assert c.checkpoint(one) is not None, "deleted while its consumer was alive"
+        time.sleep(1)
+    assert env.path("serve", 1).exists()
+    wait_for(lambda: c.checkpoint(one) is None, 15, "the consumer to turn silent")
+    assert not env.path("serve", 1).exists()
 
 
 def test_a_store_entry_escaping_the_store_is_skipped_named_and_the_rest_registered(

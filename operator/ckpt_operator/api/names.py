@@ -27,6 +27,9 @@ LABEL_CONSUMER_OF = f"{GROUP}/consumer-of"
 # --- annotations ------------------------------------------------------------------------------
 ANNOTATION_LOADED_STEP = f"{GROUP}/loaded-step"
 """Set by a consumer pod on itself: the step it has loaded."""
+ANNOTATION_HEARTBEAT = f"{GROUP}/heartbeat"
+"""Refreshed by a live consumer on itself while it keeps serving a step; only the API server's
+record of *when* it changed is trusted, never its value."""
 ANNOTATION_FORCE_DELETE = f"{GROUP}/force-delete"
 """``"true"`` on a Checkpoint: delete its storage even while something would block it."""
 ANNOTATION_RESUME_FROM = f"{GROUP}/resume-from"

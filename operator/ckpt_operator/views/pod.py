@@ -230,23 +230,28 @@ class ConsumerView:
         )
 
 
-def _reports_loaded_step(fields: Any) -> bool:
+_REPORT_FIELDS = (f"f:{names.ANNOTATION_LOADED_STEP}", f"f:{names.ANNOTATION_HEARTBEAT}")
+
+
+def _reports(fields: Any) -> bool:
     annotations = ((fields or {}).get("f:metadata") or {}).get("f:annotations") or {}
-    return f"f:{names.ANNOTATION_LOADED_STEP}" in annotations
+    return any(f in annotations for f in _REPORT_FIELDS)
 
 
 def last_report_time(meta: Mapping[str, Any]) -> datetime:
-    """When the pod last reported, from the API server's own bookkeeping.
+    """When the consumer last showed it is alive, from the API server's own bookkeeping.
 
     ``managedFields`` records, per field manager, when that manager last changed any field it
-    owns; the entry owning the ``loaded-step`` annotation therefore dates the last report (or a
-    later change by the same reporter, which only delays silence — the safe direction). Being
-    stored on the object, it survives operator restarts. Before any report: the creation time.
+    owns; the entry owning the ``loaded-step`` or ``heartbeat`` annotation therefore dates the
+    last report or heartbeat (or a later change by the same reporter, which only delays silence
+    — the safe direction). A consumer serving one step for long stays protected by refreshing
+    its heartbeat; a dead one stops changing anything. Being stored on the object, it survives
+    operator restarts. Before any report: the creation time.
     """
     stamps = [
         parse_time(entry.get("time"))
         for entry in meta.get("managedFields") or []
-        if _reports_loaded_step(entry.get("fieldsV1"))
+        if _reports(entry.get("fieldsV1"))
     ]
     known = [s for s in stamps if s is not None]
     if known:
