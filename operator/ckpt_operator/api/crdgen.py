@@ -70,7 +70,8 @@ TRAINING_RUN = CrdDefinition(
         {
             "rule": "self.metadata.name.size() <= 63",
             "message": "metadata.name must be at most 63 characters (it is used as a label value)",
-        }
+        },
+        *models.TRAINING_RUN_RULES,
     ],
 )
 

@@ -9,7 +9,7 @@ enforce at admission are CEL ``x-kubernetes-validations`` attached with ``_cel``
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -25,6 +25,67 @@ def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
 
 def _immutable(field: str) -> dict[str, Any]:
     return _cel(("self == oldSelf", f"{field} is immutable"))
+
+
+# Bounds on integers: every one fits an int64 (2**63 does not) and a float64 exactly, so the
+# API server, Python and JSON clients read the same number (hostile input).
+INT32_MAX = 2**31 - 1
+"""Counts and seconds: far beyond any real value, and no ``timedelta`` overflows."""
+MAX_STEP = 10**10 - 1
+"""The store layout writes steps as 10 digits (``step-0000000200``); a longer one would name
+an entry that neither the store scan nor the plugin can parse back."""
+MAX_BYTES = 2**60
+MAX_BACKOFF_S = 1e9
+"""About 31 years: beyond any real backoff, far from overflowing a datetime."""
+
+DNS_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+"""An object name (RFC 1123 subdomain), as ``metadata.name`` of the objects referred to."""
+
+# Store URIs and checkpoint paths name files: refuse what could make the name a person reads
+# differ from the one the filesystem sees, or smuggle a climb out of the root past the
+# ``..`` rule (confined paths). Raw CEL strings, so RE2 sees the escapes.
+_UNSAFE_CHARS = (
+    r"!self.matches(r'[\x00-\x1f\x7f-\x9f\x{200b}-\x{200f}\x{2028}-\x{202e}"
+    r"\x{2066}-\x{2069}\x{feff}]')"
+)
+_UNSAFE_PUNCTUATION = r"!self.matches(r'[%?#\\]')"
+
+
+def _plain_name_rules(field: str) -> list[tuple[str, str]]:
+    return [
+        (
+            _UNSAFE_CHARS,
+            f"{field} must not contain control characters (NUL, newlines), zero-width or "
+            "bidirectional-override characters",
+        ),
+        (
+            _UNSAFE_PUNCTUATION,
+            f"{field} must not contain '%', '?', '#' or a backslash: it is used literally, "
+            "never decoded (so '%2e%2e' is refused rather than trusted)",
+        ),
+    ]
+
+
+_ATTEMPT_STARTED = (
+    "has(oldSelf.status) && has(oldSelf.status.attempts) && size(oldSelf.status.attempts) > 0"
+)
+TRAINING_RUN_RULES: list[dict[str, str]] = [
+    {
+        "rule": f"!({_ATTEMPT_STARTED}) || self.spec.store.uri == oldSelf.spec.store.uri",
+        "message": "store.uri is immutable once an attempt has started: the run's checkpoints "
+        "live under it; create a new TrainingRun for another store",
+        "fieldPath": ".spec.store.uri",
+    },
+    {
+        "rule": f"!({_ATTEMPT_STARTED}) || self.spec.numNodes == oldSelf.spec.numNodes",
+        "message": "numNodes is immutable once an attempt has started: the workers of a live "
+        "gang are named and counted by it; create a new TrainingRun for another size",
+        "fieldPath": ".spec.numNodes",
+    },
+]
+"""Transition rules on the whole TrainingRun (they read its status): an edit that would be
+unsafe while attempts run is refused at admission. Before the first attempt (a run failed
+with ``StoreNotAllowed``, say) both may still be fixed."""
 
 
 class Model(BaseModel):
@@ -49,27 +110,39 @@ class OpenObject(BaseModel):
 class Condition(Model):
     """A Kubernetes-style condition (metav1.Condition)."""
 
-    type: str = Field(min_length=1)
+    type: str = Field(min_length=1, max_length=316)
     status: Literal["True", "False", "Unknown"]
-    reason: str = Field(min_length=1, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = ""
+    reason: str = Field(
+        min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+    )
+    message: str = Field(default="", max_length=32768)
     observed_generation: int | None = Field(default=None, ge=0)
     last_transition_time: datetime | None = None
 
 
 class SecretRef(Model):
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_NAME)
+
+
+LabelKey = Annotated[str, Field(min_length=1, max_length=317)]
+LabelValue = Annotated[str, Field(max_length=63)]
 
 
 class LabelSelectorRequirement(Model):
-    key: str = Field(min_length=1)
+    key: LabelKey
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: list[str] | None = None
+    values: list[LabelValue] | None = Field(default=None, max_length=256)
 
 
 class LabelSelector(Model):
-    match_labels: dict[str, str] | None = None
-    match_expressions: list[LabelSelectorRequirement] | None = None
+    match_labels: dict[str, LabelValue] | None = Field(
+        default=None,
+        max_length=64,
+        json_schema_extra=_cel(
+            ("self.all(k, k.size() <= 317)", "matchLabels keys must be at most 317 characters")
+        ),
+    )
+    match_expressions: list[LabelSelectorRequirement] | None = Field(default=None, max_length=64)
 
 
 # --- TrainingRun ----------------------------------------------------------------------------
@@ -102,7 +175,8 @@ class Store(Model):
             (
                 "!self.matches('(^|/)[.][.]?(/|$)')",
                 "uri must not contain '.' or '..' segments",
-            )
+            ),
+            *_plain_name_rules("uri"),
         ),
     )
     secret_ref: SecretRef | None = Field(
@@ -119,13 +193,15 @@ class Backoff(Model):
         )
     )
 
-    initial_seconds: float = Field(default=10, ge=0)
-    max_seconds: float = Field(default=300, ge=0)
+    initial_seconds: float = Field(default=10, ge=0, le=MAX_BACKOFF_S)
+    max_seconds: float = Field(default=300, ge=0, le=MAX_BACKOFF_S)
 
 
 class ExitCodeMatch(Model):
     operator: Literal["In", "NotIn"]
-    values: list[int] = Field(min_length=1, max_length=255)
+    values: list[Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]] = Field(
+        min_length=1, max_length=255
+    )
 
 
 class FailureRule(Model):
@@ -145,43 +221,50 @@ class FailureRule(Model):
         "without spending the budget (e.g. preemption, eviction)."
     )
     on_exit_codes: ExitCodeMatch | None = None
-    on_reasons: list[str] | None = Field(
+    on_reasons: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         default=None,
         min_length=1,
+        max_length=64,
         description="Pod or container termination reasons, e.g. OOMKilled, Evicted, "
         "Preempted, DeadlineExceeded, DisruptionTarget.",
     )
 
 
 class RestartPolicy(Model):
-    max_restarts: int = Field(default=3, ge=0, description="Restarts that count against budget.")
+    max_restarts: int = Field(
+        default=3, ge=0, le=INT32_MAX, description="Restarts that count against budget."
+    )
     max_preemptions: int | None = Field(
         default=100,
         ge=0,
+        le=INT32_MAX,
         description="Restarts after failures an Ignore rule matched (preemptions, evictions); "
         "past it the run fails (PreemptionBudgetExhausted). Unset: unlimited.",
     )
     backoff: Backoff = Field(default_factory=Backoff)
-    rules: list[FailureRule] = Field(default_factory=list)
+    rules: list[FailureRule] = Field(default_factory=list, max_length=64)
     max_attempts_without_progress: int | None = Field(
         default=None,
         ge=1,
+        le=INT32_MAX,
         description="Fail the run when this many consecutive attempts produced no new Ready "
         "checkpoint; unset disables the rule.",
     )
 
 
 class KeepBest(Model):
-    metric: str = Field(min_length=1)
+    metric: str = Field(min_length=1, max_length=253)
     mode: Literal["min", "max"] = "min"
-    count: int = Field(default=1, ge=1)
+    count: int = Field(default=1, ge=1, le=INT32_MAX)
 
 
 class Retention(Model):
-    keep_last: int | None = Field(default=None, ge=1)
-    keep_every: int | None = Field(default=None, ge=1, description="Keep steps divisible by this.")
+    keep_last: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    keep_every: int | None = Field(
+        default=None, ge=1, le=INT32_MAX, description="Keep steps divisible by this."
+    )
     keep_best: KeepBest | None = None
-    max_bytes: int | None = Field(default=None, ge=0)
+    max_bytes: int | None = Field(default=None, ge=0, le=MAX_BYTES)
 
 
 class Consumers(Model):
@@ -189,7 +272,7 @@ class Consumers(Model):
         default=None,
         description="Consumer pods; default: label ckpt.dev/consumer-of=<run name>.",
     )
-    report_timeout_seconds: int = Field(default=600, ge=1)
+    report_timeout_seconds: int = Field(default=600, ge=1, le=INT32_MAX)
 
 
 class TrainingRunSpec(Model):
@@ -211,6 +294,7 @@ class TrainingRunSpec(Model):
     startup_timeout_seconds: int | None = Field(
         default=None,
         ge=1,
+        le=INT32_MAX,
         description="Fail an attempt (reason StartupTimeout, through the rules) whose workers "
         "are not all running this long after it started; unset waits forever (queued gangs).",
     )
@@ -280,11 +364,12 @@ class CheckpointSpec(Model):
     run: str = Field(
         min_length=1,
         max_length=63,
+        pattern=DNS_NAME,
         description="Owning TrainingRun.",
         json_schema_extra=_immutable("run"),
     )
-    step: int = Field(ge=0, json_schema_extra=_immutable("step"))
-    attempt: int = Field(ge=0, json_schema_extra=_immutable("attempt"))
+    step: int = Field(ge=0, le=MAX_STEP, json_schema_extra=_immutable("step"))
+    attempt: int = Field(ge=0, le=INT32_MAX, json_schema_extra=_immutable("attempt"))
     path: str = Field(
         min_length=1,
         max_length=1024,
@@ -292,14 +377,20 @@ class CheckpointSpec(Model):
         json_schema_extra=_cel(
             ("self == oldSelf", "path is immutable"),
             ("!self.startsWith('/')", "path must be relative to the run's store root"),
-            ("!self.matches('(^|/)[.][.](/|$)')", "path must not contain '..' segments"),
+            ("!self.matches('(^|/)[.][.]?(/|$)')", "path must not contain '.' or '..' segments"),
             ("!self.contains('://')", "path must be relative, not a URI"),
+            *_plain_name_rules("path"),
         ),
     )
     format: Literal["dir", "tar"] = Field(default="dir", json_schema_extra=_immutable("format"))
-    kind: Literal["full", "weights"] = "full"
+    kind: Literal["full", "weights"] = Field(default="full", json_schema_extra=_immutable("kind"))
     metrics: dict[str, float] | None = Field(
-        default=None, description="Metrics recorded at save time (used by retention keepBest)."
+        default=None,
+        max_length=64,
+        description="Metrics recorded at save time (used by retention keepBest).",
+        json_schema_extra=_cel(
+            ("self.all(k, k.size() <= 253)", "metrics names must be at most 253 characters")
+        ),
     )
 
 
