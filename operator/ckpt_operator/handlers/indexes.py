@@ -27,10 +27,11 @@ PodsByNamespace = kopf.Index[str, ConsumerView]
 
 @kopf.index(*CHECKPOINTS)
 async def checkpoints_by_run(
-    body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any
+    body: kopf.Body, namespace: str | None, **_: Any
 ) -> dict[RunKey, CheckpointInfo]:
     """Every Checkpoint, grouped by its run: ``checkpoints_by_run[(ns, run)]``."""
-    return {(namespace or "", spec["run"]): CheckpointInfo.from_body(body)}
+    info = CheckpointInfo.from_body(body)  # never raises: a raising index function is retried
+    return {(namespace or "", info.run): info}
 
 
 @kopf.index(*TRAINING_RUNS)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ckpt_operator.api import names
+from ckpt_operator.api.conditions import parse_time
+from ckpt_operator.api.models import INT32_MAX, MAX_STEP
+from ckpt_operator.storage import layout
+from ckpt_operator.views import fields
 
 VERIFIED = "Verified"
 """The condition the operator sets when it has checked the files against the manifest."""
@@ -31,6 +36,8 @@ class CheckpointInfo:
     metrics: Mapping[str, float] = field(default_factory=dict)
     was_verified: bool = False
     """The ``Verified`` condition is True: it passed verification at some point."""
+    created: datetime | None = None
+    """``creationTimestamp``: of two records of the same files, the older one is the record."""
 
     @property
     def ready(self) -> bool:
@@ -47,27 +54,65 @@ class CheckpointInfo:
         """
         return self.phase == "Ready" or (self.phase == "Deleting" and self.was_verified)
 
+    @property
+    def expected_path(self) -> str | None:
+        """Where the store layout puts the checkpoint this spec describes; None if it cannot."""
+        if not (0 <= self.step <= MAX_STEP and 0 <= self.attempt <= INT32_MAX):
+            return None
+        if self.format not in ("dir", "tar") or self.kind not in ("full", "weights"):
+            return None
+        fmt: names.Format = "tar" if self.format == "tar" else "dir"
+        kind: names.Kind = "weights" if self.kind == "weights" else "full"
+        return layout.CheckpointName(self.step, self.attempt, fmt, kind).path
+
+    @property
+    def consistent(self) -> bool:
+        """Its path is the store entry its step, attempt, format and kind name: only such a
+        record can be verified, resumed from, or own files (see ``policy.records``)."""
+        return self.path == self.expected_path
+
+    @property
+    def canonical_name(self) -> str | None:
+        """The name the SDK and the store scan give the record of its path; None when
+        inconsistent."""
+        if not self.consistent:
+            return None
+        kind: names.Kind = "weights" if self.kind == "weights" else "full"
+        return names.checkpoint_object_name(self.run, self.step, self.attempt, kind)
+
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> CheckpointInfo:
-        meta, spec = body["metadata"], body["spec"]
-        status = body.get("status") or {}
-        annotations = meta.get("annotations") or {}
+        """Never raises: a malformed field reads as a value no decision trusts (a step of -1,
+        an empty path), which makes the record inconsistent, so it owns no files."""
+        meta, spec = fields.mapping(body.get("metadata")), fields.mapping(body.get("spec"))
+        status = fields.mapping(body.get("status"))
+        step, attempt = fields.integer(spec.get("step")), fields.integer(spec.get("attempt"))
+        size = fields.integer(status.get("sizeBytes"))
+        metrics = {
+            k: v
+            for k, raw in fields.mapping(spec.get("metrics")).items()
+            if isinstance(k, str) and (v := fields.number(raw)) is not None
+        }
         return cls(
-            name=meta["name"],
-            namespace=meta.get("namespace", ""),
-            run=spec["run"],
-            step=int(spec["step"]),
-            attempt=int(spec["attempt"]),
-            path=spec["path"],
-            format=spec.get("format", "dir"),
-            kind=spec.get("kind", "full"),
-            phase=status.get("phase") or "Pending",
+            name=fields.text(meta.get("name")),
+            namespace=fields.text(meta.get("namespace")),
+            run=fields.text(spec.get("run")),
+            step=-1 if step is None else step,
+            attempt=-1 if attempt is None else attempt,
+            path=fields.text(spec.get("path")),
+            format=fields.text(spec.get("format", "dir")),
+            kind=fields.text(spec.get("kind", "full")),
+            phase=fields.text(status.get("phase")) or "Pending",
             terminating=bool(meta.get("deletionTimestamp")),
-            force_delete=annotations.get(names.ANNOTATION_FORCE_DELETE) == "true",
-            size_bytes=status.get("sizeBytes"),
-            metrics=dict(spec.get("metrics") or {}),
+            force_delete=fields.string_map(meta.get("annotations")).get(
+                names.ANNOTATION_FORCE_DELETE
+            )
+            == "true",
+            size_bytes=size if size is not None and size >= 0 else None,
+            metrics=metrics,
             was_verified=any(
                 c.get("type") == VERIFIED and c.get("status") == "True"
-                for c in status.get("conditions") or []
+                for c in fields.objects(status.get("conditions"))
             ),
+            created=parse_time(meta.get("creationTimestamp")),
         )

@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 from ckpt_operator.api import names
 from ckpt_operator.api.conditions import parse_time
-from ckpt_operator.api.models import CheckpointRef
+from ckpt_operator.api.models import INT32_MAX, MAX_STEP, CheckpointRef
 from ckpt_operator.storage import layout
+from ckpt_operator.views import fields
 
 PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
 _KNOWN_PHASES: tuple[PodPhase, ...] = ("Pending", "Running", "Succeeded", "Failed")
@@ -47,10 +48,10 @@ class Failure:
 def _terminated(status: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     found = []
     for key in ("initContainerStatuses", "containerStatuses"):
-        for cs in status.get(key) or []:
-            term = (cs.get("state") or {}).get("terminated")
+        for cs in fields.objects(status.get(key)):
+            term = fields.mapping(fields.mapping(cs.get("state")).get("terminated"))
             if term:
-                found.append((str(cs.get("name", "")), term))
+                found.append((fields.text(cs.get("name")), term))
     return found
 
 
@@ -63,28 +64,29 @@ def _finished_at(status: Mapping[str, Any]) -> datetime | None:
 def failure_of(status: Mapping[str, Any], first_container: str | None = None) -> Failure:
     """Summarise a pod's ``status`` for the restart rules (:mod:`ckpt_operator.policy.restart`)."""
     terminated = _terminated(status)
-    codes = tuple(int(t.get("exitCode", 0)) for _, t in terminated if t.get("exitCode"))
+    codes = tuple(code for _, t in terminated if (code := fields.integer(t.get("exitCode"))))
     reasons: set[str] = set()
-    pod_reason = status.get("reason")
+    pod_reason = fields.optional_text(status.get("reason"))
     if pod_reason:
-        reasons.add(str(pod_reason))
+        reasons.add(pod_reason)
     container_reason: str | None = None
-    message = status.get("message")
+    message = fields.optional_text(status.get("message"))
     main = next((t for name, t in terminated if name == first_container), None)
     for _, term in terminated:
-        if term.get("reason"):
-            reasons.add(str(term["reason"]))
-            container_reason = container_reason or str(term["reason"])
-    for cond in status.get("conditions") or []:
+        if term_reason := fields.optional_text(term.get("reason")):
+            reasons.add(term_reason)
+            container_reason = container_reason or term_reason
+    for cond in fields.objects(status.get("conditions")):
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
             reasons.add("DisruptionTarget")
-            if cond.get("reason"):
-                reasons.add(str(cond["reason"]))
-            message = message or cond.get("message")
-    if main is not None and main.get("exitCode") is not None:
-        exit_code: int | None = int(main["exitCode"])
-        main_reason = main.get("reason")
-        message = message or main.get("message")
+            if cond_reason := fields.optional_text(cond.get("reason")):
+                reasons.add(cond_reason)
+            message = message or fields.optional_text(cond.get("message"))
+    main_code = fields.integer(main.get("exitCode")) if main is not None else None
+    if main is not None and main_code is not None:
+        exit_code: int | None = main_code
+        main_reason = fields.optional_text(main.get("reason"))
+        message = message or fields.optional_text(main.get("message"))
     else:
         exit_code = codes[0] if codes else None
         main_reason = None
@@ -92,48 +94,50 @@ def failure_of(status: Mapping[str, Any], first_container: str | None = None) ->
         exit_codes=codes,
         reasons=frozenset(reasons),
         exit_code=exit_code,
-        reason=str(pod_reason) if pod_reason else (main_reason or container_reason),
-        message=str(message)[:1024] if message else None,
+        reason=pod_reason or main_reason or container_reason,
+        message=message[:1024] if message else None,
     )
 
 
-def _env_value(containers: list[Any], name: str) -> str | None:
-    env = containers[0].get("env") or [] if containers else []
-    return next((e.get("value") for e in env if e.get("name") == name), None)
+def _env_value(containers: list[Mapping[str, Any]], name: str) -> str | None:
+    env = fields.objects(containers[0].get("env")) if containers else []
+    return next((fields.text(e.get("value")) for e in env if e.get("name") == name), None)
 
 
-def _resume_of(meta: Mapping[str, Any], containers: list[Any]) -> CheckpointRef | None:
+def _resume_of(
+    meta: Mapping[str, Any], containers: list[Mapping[str, Any]]
+) -> CheckpointRef | None:
     uri = _env_value(containers, names.ENV_RESUME_FROM)
     parsed = layout.parse_committed(uri) if uri else None
     if not uri or parsed is None:
         return None
-    name = (meta.get("annotations") or {}).get(names.ANNOTATION_RESUME_FROM) or ""
+    name = fields.string_map(meta.get("annotations")).get(names.ANNOTATION_RESUME_FROM) or ""
     return CheckpointRef(name=name, step=parsed.step, attempt=parsed.attempt, uri=uri)
 
 
-def _candidates_of(containers: list[Any]) -> tuple[str, ...]:
+def _candidates_of(containers: list[Mapping[str, Any]]) -> tuple[str, ...]:
     try:
         found = json.loads(_env_value(containers, names.ENV_RESUME_CANDIDATES) or "[]")
-    except ValueError:
+    except (ValueError, RecursionError):
         return ()
-    return tuple(str(uri) for uri in found) if isinstance(found, list) else ()
+    return tuple(uri for uri in found if isinstance(uri, str)) if isinstance(found, list) else ()
 
 
 def waiting_reason(status: Mapping[str, Any]) -> str | None:
     """Why a pod is not running yet, as a person would want to read it; None if unknown."""
     for cs in [
-        *(status.get("initContainerStatuses") or []),
-        *(status.get("containerStatuses") or []),
+        *fields.objects(status.get("initContainerStatuses")),
+        *fields.objects(status.get("containerStatuses")),
     ]:
-        waiting = (cs.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") and waiting["reason"] not in (
-            "ContainerCreating",
-            "PodInitializing",
-        ):
-            return f"{waiting['reason']}: {waiting.get('message') or cs.get('name')}"[:512]
-    for cond in status.get("conditions") or []:
+        waiting = fields.mapping(fields.mapping(cs.get("state")).get("waiting"))
+        reason = fields.optional_text(waiting.get("reason"))
+        if reason and reason not in ("ContainerCreating", "PodInitializing"):
+            detail = fields.optional_text(waiting.get("message")) or fields.text(cs.get("name"))
+            return f"{reason}: {detail}"[:512]
+    for cond in fields.objects(status.get("conditions")):
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            return f"{cond.get('reason') or 'NotScheduled'}: {cond.get('message') or ''}"[:512]
+            reason = fields.optional_text(cond.get("reason")) or "NotScheduled"
+            return f"{reason}: {fields.text(cond.get('message'))}"[:512]
     return None
 
 
@@ -167,27 +171,28 @@ class AttemptPod:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> AttemptPod | None:
         """The view of a pod labelled as an attempt, or None when its labels are not ours."""
-        meta = body.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        run, attempt = labels.get(names.LABEL_RUN), labels.get(names.LABEL_ATTEMPT)
-        if not run or attempt is None or not str(attempt).isdigit():
+        meta = fields.mapping(body.get("metadata"))
+        labels = fields.string_map(meta.get("labels"))
+        run = labels.get(names.LABEL_RUN)
+        attempt = fields.decimal(labels.get(names.LABEL_ATTEMPT), INT32_MAX)
+        if not run or attempt is None:
             return None
-        rank = str(labels.get(names.LABEL_NODE_RANK, "0"))
+        rank = fields.decimal(labels.get(names.LABEL_NODE_RANK, "0"), INT32_MAX)
         owner = next(
-            (o for o in meta.get("ownerReferences") or [] if o.get("controller")),
+            (o for o in fields.objects(meta.get("ownerReferences")) if o.get("controller")),
             None,
         )
-        status = body.get("status") or {}
+        status = fields.mapping(body.get("status"))
         raw_phase = status.get("phase") or "Pending"
         phase: PodPhase = next((p for p in _KNOWN_PHASES if p == raw_phase), "Unknown")
-        spec_containers = (body.get("spec") or {}).get("containers") or []
+        spec_containers = fields.objects(fields.mapping(body.get("spec")).get("containers"))
         first_name = spec_containers[0].get("name") if spec_containers else None
         return cls(
-            name=meta.get("name", ""),
-            namespace=meta.get("namespace", ""),
-            run=str(run),
-            attempt=int(attempt),
-            owner_uid=owner.get("uid") if owner else None,
+            name=fields.text(meta.get("name")),
+            namespace=fields.text(meta.get("namespace")),
+            run=run,
+            attempt=attempt,
+            owner_uid=fields.optional_text(owner.get("uid")) if owner else None,
             phase=phase,
             terminating=bool(meta.get("deletionTimestamp")),
             failure=failure_of(status, first_name),
@@ -195,7 +200,7 @@ class AttemptPod:
             finished_at=_finished_at(status),
             resumed_from=_resume_of(meta, spec_containers),
             resume_candidates=_candidates_of(spec_containers),
-            rank=int(rank) if rank.isdigit() else 0,
+            rank=rank or 0,
             waiting=waiting_reason(status) if phase == "Pending" else None,
         )
 
@@ -211,30 +216,35 @@ class ConsumerView:
     """When the loaded step last changed (or the pod was created, before any report)."""
     live: bool = True
     """False once the pod has finished (Succeeded/Failed): it loads nothing any more."""
+    bad_report: str | None = None
+    """The ``loaded-step`` annotation when it is not a step (shortened): no report at all."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ConsumerView:
-        meta = body.get("metadata") or {}
-        raw = (meta.get("annotations") or {}).get(names.ANNOTATION_LOADED_STEP)
-        try:
-            loaded = int(str(raw).strip()) if raw is not None else None
-        except ValueError:
-            loaded = None  # an unparseable report is no report: the pod keeps blocking
-        phase = (body.get("status") or {}).get("phase")
+        """Never raises. A report is a step in plain ASCII digits (blanks around are fine)
+        within the steps the store can hold. Anything else (``-1``, ``1.5``, ``+5``, ``1e3``,
+        a 30-digit number) is no report: the pod keeps blocking (safe deletion), and
+        ``bad_report`` lets the run show why."""
+        meta = fields.mapping(body.get("metadata"))
+        raw = fields.mapping(meta.get("annotations")).get(names.ANNOTATION_LOADED_STEP)
+        loaded = fields.decimal(raw.strip() if isinstance(raw, str) else raw, MAX_STEP)
+        phase = fields.mapping(body.get("status")).get("phase")
         return cls(
-            name=str(meta.get("name", "")),
-            labels=dict(meta.get("labels") or {}),
+            name=fields.text(meta.get("name")),
+            labels=fields.string_map(meta.get("labels")),
             loaded_step=loaded,
             last_report=last_report_time(meta),
             live=phase not in ("Succeeded", "Failed"),
+            bad_report=None if raw is None or loaded is not None else repr(raw)[:64],
         )
 
 
 _REPORT_FIELDS = (f"f:{names.ANNOTATION_LOADED_STEP}", f"f:{names.ANNOTATION_HEARTBEAT}")
 
 
-def _reports(fields: Any) -> bool:
-    annotations = ((fields or {}).get("f:metadata") or {}).get("f:annotations") or {}
+def _reports(managed: Any) -> bool:
+    metadata = fields.mapping(fields.mapping(managed).get("f:metadata"))
+    annotations = fields.mapping(metadata.get("f:annotations"))
     return any(f in annotations for f in _REPORT_FIELDS)
 
 
@@ -250,7 +260,7 @@ def last_report_time(meta: Mapping[str, Any]) -> datetime:
     """
     stamps = [
         parse_time(entry.get("time"))
-        for entry in meta.get("managedFields") or []
+        for entry in fields.objects(meta.get("managedFields"))
         if _reports(entry.get("fieldsV1"))
     ]
     known = [s for s in stamps if s is not None]

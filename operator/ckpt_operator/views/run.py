@@ -6,6 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
+from ckpt_operator.api.models import LabelSelector, Retention
+from ckpt_operator.views import fields
+
 RunKey = tuple[str, str]
 """``(namespace, run name)``: how indexes and wake-ups key a run."""
 
@@ -32,26 +37,40 @@ class RunView:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> RunView:
-        meta, spec = body.get("metadata") or {}, body.get("spec") or {}
-        status = body.get("status") or {}
-        store = spec.get("store") or {}
-        consumers = spec.get("consumers") or {}
+        """Never raises: a selector or retention the models refuse reads as unset (the default
+        consumer label; nothing expires), a bad timeout as the default."""
+        meta, spec = fields.mapping(body.get("metadata")), fields.mapping(body.get("spec"))
+        status = fields.mapping(body.get("status"))
+        store = fields.mapping(spec.get("store"))
+        consumers = fields.mapping(spec.get("consumers"))
         targets = frozenset(
-            str(a["resumedFrom"]["name"])
-            for a in status.get("attempts") or []
-            if a.get("phase", "Pending") in LIVE_ATTEMPT_PHASES
-            and (a.get("resumedFrom") or {}).get("name")
+            name
+            for a in fields.objects(status.get("attempts"))
+            if fields.text(a.get("phase"), "Pending") in LIVE_ATTEMPT_PHASES
+            and (name := fields.text(fields.mapping(a.get("resumedFrom")).get("name")))
         )
+        timeout = fields.number(consumers.get("reportTimeoutSeconds"))
         return cls(
-            name=str(meta.get("name", "")),
-            namespace=str(meta.get("namespace", "")),
-            uid=str(meta.get("uid", "")),
-            store_uri=str(store.get("uri", "")),
-            secret_name=(store.get("secretRef") or {}).get("name"),
-            selector=consumers.get("selector"),
-            report_timeout_s=float(consumers.get("reportTimeoutSeconds", DEFAULT_REPORT_TIMEOUT_S)),
-            retention=spec.get("retention"),
-            verify=str(spec.get("verify", "full")),
+            name=fields.text(meta.get("name")),
+            namespace=fields.text(meta.get("namespace")),
+            uid=fields.text(meta.get("uid")),
+            store_uri=fields.text(store.get("uri")),
+            secret_name=fields.optional_text(fields.mapping(store.get("secretRef")).get("name")),
+            selector=_valid(LabelSelector, consumers.get("selector")),
+            report_timeout_s=timeout if timeout and timeout > 0 else DEFAULT_REPORT_TIMEOUT_S,
+            retention=_valid(Retention, spec.get("retention")),
+            verify=fields.text(spec.get("verify"), "full"),
             resume_targets=targets,
             terminating=bool(meta.get("deletionTimestamp")),
         )
+
+
+def _valid(model: type[BaseModel], value: Any) -> Mapping[str, Any] | None:
+    """``value`` when ``model`` accepts it, else None."""
+    if value is None:
+        return None
+    try:
+        model.model_validate(value)
+    except ValidationError:
+        return None
+    return fields.mapping(value)
