@@ -28,6 +28,8 @@ class CrdDefinition:
     short_names: list[str]
     columns: list[dict[str, Any]]
     root_rules: list[dict[str, str]] = field(default_factory=list)
+    max_name_length: int | None = None
+    """Checked by the schema of ``metadata.name``, so a refusal names that field."""
 
     @property
     def plural(self) -> str:
@@ -65,14 +67,9 @@ TRAINING_RUN = CrdDefinition(
         _AGE,
         _column("Store", ".spec.store.uri", priority=1),
     ],
+    root_rules=models.TRAINING_RUN_RULES,
     # The run name becomes a label value (ckpt.dev/run), which is limited to 63 characters.
-    root_rules=[
-        {
-            "rule": "self.metadata.name.size() <= 63",
-            "message": "metadata.name must be at most 63 characters (it is used as a label value)",
-        },
-        *models.TRAINING_RUN_RULES,
-    ],
+    max_name_length=63,
 )
 
 CHECKPOINT = CrdDefinition(
@@ -157,6 +154,13 @@ def _rewrite(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+def _metadata(definition: CrdDefinition) -> dict[str, Any]:
+    if definition.max_name_length is None:
+        return {"type": "object"}
+    name = {"type": "string", "maxLength": definition.max_name_length}
+    return {"type": "object", "properties": {"name": name}}
+
+
 def crd(definition: CrdDefinition) -> dict[str, Any]:
     """One CustomResourceDefinition object."""
     schema: dict[str, Any] = {
@@ -164,7 +168,7 @@ def crd(definition: CrdDefinition) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "metadata": _metadata(definition),
             "spec": structural(definition.spec),
             "status": structural(definition.status),
         },
