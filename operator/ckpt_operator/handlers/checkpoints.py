@@ -2,7 +2,9 @@
 
 A Checkpoint becomes ``Ready`` only when the operator has checked its files against its
 manifest (``verify: size|full`` of its run), ``Invalid`` with the reason otherwise (verified
-resume: nothing else is ever resumed from).
+resume: nothing else is ever resumed from). One that is not the record of its files (its path
+contradicts its spec, or another Checkpoint records them: :mod:`ckpt_operator.policy.records`)
+is ``Invalid`` at once, without looking at storage.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import kopf
 
 from ckpt_operator import metrics
 from ckpt_operator.api import conditions, names
-from ckpt_operator.handlers.indexes import RunsByKey, one
+from ckpt_operator.handlers.indexes import CheckpointsByRun, RunsByKey, one
 from ckpt_operator.handlers.runtime import Logger
 from ckpt_operator.handlers.selectors import CHECKPOINTS
 from ckpt_operator.kube.objects import owner_reference
+from ckpt_operator.policy import records
 from ckpt_operator.storage import manifest
 from ckpt_operator.storage.open import CredentialsError, open_store
 from ckpt_operator.storage.store import StoreError
-from ckpt_operator.views.checkpoint import VERIFIED
+from ckpt_operator.views.checkpoint import VERIFIED, CheckpointInfo
 
 RUN_WAIT_RETRIES = 10
 
@@ -69,7 +72,7 @@ def _result_status(
 @kopf.on.create(*CHECKPOINTS, id="verify")
 @kopf.on.resume(*CHECKPOINTS, id="verify")  # type: ignore[arg-type]  # see indexes
 async def verify(
-    spec: kopf.Spec,
+    body: kopf.Body,
     meta: kopf.Meta,
     status: kopf.Status,
     namespace: str | None,
@@ -78,6 +81,7 @@ async def verify(
     memo: kopf.Memo,
     retry: int,
     runs_by_key: RunsByKey,
+    checkpoints_by_run: CheckpointsByRun,
     logger: Logger,
     **_: Any,
 ) -> None:
@@ -86,17 +90,21 @@ async def verify(
         return  # verified before a restart, or marked Invalid by the SDK at load time
     ns = namespace or ""
     generation = meta.get("generation")
-    run = one(runs_by_key, (ns, spec["run"]))
+    info = CheckpointInfo.from_body(body)
+
+    def invalid(reason: str, message: str) -> None:
+        patch.status.update(_result_status(status, generation, False, reason, message))
+        logger.warning("checkpoint %s is invalid: %s", name, message)
+        metrics.CHECKPOINTS_VERIFIED.labels("invalid").inc()
+
+    problem = records.not_record(info, checkpoints_by_run.get((ns, info.run), ()))
+    if problem is not None:  # verified resume: no trust in a spec its path contradicts
+        return invalid(problem.reason, problem.message)
+    run = one(runs_by_key, (ns, info.run))
     if run is None:
         if retry < RUN_WAIT_RETRIES:
-            raise kopf.TemporaryError(f"TrainingRun {spec['run']} not found yet", delay=1)
-        patch.status.update(
-            _result_status(
-                status, generation, False, "RunNotFound", f"TrainingRun {spec['run']} not found"
-            )
-        )
-        metrics.CHECKPOINTS_VERIFIED.labels("invalid").inc()
-        return
+            raise kopf.TemporaryError(f"TrainingRun {info.run} not found yet", delay=1)
+        return invalid("RunNotFound", f"TrainingRun {info.run} not found")
     if not meta.get("ownerReferences") and run.uid:
         patch.metadata["ownerReferences"] = [owner_reference(run.name, run.uid)]
     try:
@@ -104,25 +112,21 @@ async def verify(
     except CredentialsError as exc:
         raise kopf.TemporaryError(f"cannot open the store: {exc}", delay=10) from exc
     except StoreError as exc:
-        patch.status.update(_result_status(status, generation, False, "StoreRefused", str(exc)))
-        metrics.CHECKPOINTS_VERIFIED.labels("invalid").inc()
-        return
+        return invalid("StoreRefused", str(exc))
     mode: manifest.VerifyMode = "size" if run.verify == "size" else "full"
-    result = await asyncio.to_thread(manifest.verify, store, spec["path"], mode)
+    result = await asyncio.to_thread(manifest.verify, store, info.path, mode)
     patch.metadata.annotations[names.ANNOTATION_STORE] = store.root_uri
     if run.secret_name:
         patch.metadata.annotations[names.ANNOTATION_STORE_SECRET] = run.secret_name
-    if result.ok:
-        update = _result_status(status, generation, True, "Verified", f"{mode} verification passed")
-        update.update(
-            sizeBytes=result.size_bytes,
-            digest=result.digest,
-            verifiedAt=conditions.now_iso(),
+    if not result.ok:
+        return invalid(
+            "Missing" if "missing" in result.reason else "VerificationFailed", result.reason
         )
-        metrics.CHECKPOINTS_VERIFIED.labels("ready").inc()
-    else:
-        reason = "Missing" if "missing" in result.reason else "VerificationFailed"
-        update = _result_status(status, generation, False, reason, result.reason)
-        logger.warning("checkpoint %s is invalid: %s", name, result.reason)
-        metrics.CHECKPOINTS_VERIFIED.labels("invalid").inc()
+    update = _result_status(status, generation, True, "Verified", f"{mode} verification passed")
+    update.update(
+        sizeBytes=result.size_bytes,
+        digest=result.digest,
+        verifiedAt=conditions.now_iso(),
+    )
+    metrics.CHECKPOINTS_VERIFIED.labels("ready").inc()
     patch.status.update(update)

@@ -27,15 +27,18 @@ from ckpt_operator.handlers.runtime import Logger, Runtime, runtime
 from ckpt_operator.handlers.selectors import CHECKPOINTS
 from ckpt_operator.handlers.wakeups import DeletionSignals
 from ckpt_operator.kube import client as kube
+from ckpt_operator.policy import records
 from ckpt_operator.policy.consumers import consumers_of, seconds_until_change
 from ckpt_operator.policy.deletion import deletion_blockers
 from ckpt_operator.storage import layout
 from ckpt_operator.storage.open import CredentialsError, open_store
 from ckpt_operator.storage.store import PathEscapeError, Store, StoreError
+from ckpt_operator.views import fields
 from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.run import DEFAULT_REPORT_TIMEOUT_S, RunView
 
 DELETE_FAILED = "DeleteFailed"
+STORAGE_KEPT = "StorageKept"
 REFRESH_S = 10.0
 """While blocked, re-read the object this often (a force annotation added meanwhile)."""
 
@@ -67,6 +70,15 @@ async def release_storage(
         while True:
             wake = state.signals.current(ns)
             info = CheckpointInfo.from_body(current)
+            siblings = checkpoints_by_run.get((ns, info.run), ())
+            problem = records.not_record(info, siblings)
+            if problem is not None:
+                # Not the record of any files (a duplicate, a path its spec contradicts): the
+                # object goes, the files stay with their record (safe deletion).
+                message = f"files not deleted: {problem.message}"
+                kopf.event(body, type="Normal", reason=STORAGE_KEPT, message=message)
+                logger.info("%s is not a record of files; only the object goes", name)
+                return
             run = one(runs_by_key, (ns, info.run))
             found = consumers_of(
                 info.run, run.selector if run else None, pods_by_namespace.get(ns, [])
@@ -75,7 +87,7 @@ async def release_storage(
             blockers = deletion_blockers(
                 info,
                 run=run,
-                siblings=checkpoints_by_run.get((ns, info.run), ()),
+                siblings=siblings,
                 consumers=found,
                 now=now,
             )
@@ -107,11 +119,21 @@ async def release_storage(
 
 
 async def _store_of(
-    ns: str, run: RunView | None, annotations: Mapping[str, str], memo: kopf.Memo
+    ns: str,
+    run: RunView | None,
+    info: CheckpointInfo,
+    annotations: Mapping[str, str],
+    memo: kopf.Memo,
 ) -> Store | None:
-    """The run's store, or, with the run gone, the one the checkpoint was verified in."""
+    """The run's store, or, with the run gone, the one the checkpoint was verified in.
+
+    Only a verified checkpoint's annotation is trusted: one never verified (its run was never
+    found, say) may carry an annotation its author chose, naming another run's store.
+    """
     if run is not None and run.store_uri:
         return await open_store(ns, run.store_uri, run.secret_name, memo.config.allowed_roots)
+    if not info.was_verified:
+        return None
     uri = annotations.get(names.ANNOTATION_STORE)
     if not uri:
         return None
@@ -140,13 +162,16 @@ async def _delete_storage(
     logger: Logger,
 ) -> None:
     info = CheckpointInfo.from_body(current)
-    annotations = (current.get("metadata") or {}).get("annotations") or {}
-    status = current.get("status") or {}
+    annotations = fields.string_map(fields.mapping(current.get("metadata")).get("annotations"))
+    status = fields.mapping(current.get("status"))
     try:
-        store = await _store_of(ns, run, annotations, memo)
+        store = await _store_of(ns, run, info, annotations, memo)
         if store is None:
-            logger.warning(
-                "no store is known for %s (run %s is gone): no files deleted", name, info.run
+            kopf.warn(
+                body,
+                reason="StorageNotDeleted",
+                message=f"no store is known for {name} (run {info.run} is gone and it was "
+                "never verified): no files deleted",
             )
             return
         where = store.root_uri + "/" + info.path
@@ -163,6 +188,8 @@ async def _delete_storage(
     except Exception as exc:  # OSError, s3 errors: keep the record, retry with backoff
         _failed(body, patch, status, retry, f"deleting {info.path}: {exc}")
     state.recently_deleted.note(ns, name)
+    if info.canonical_name:  # recorded under another name: the scan must not register it
+        state.recently_deleted.note(ns, info.canonical_name)
     metrics.CHECKPOINTS_DELETED.inc()
     metrics.BYTES_FREED.inc(info.size_bytes or 0)
     logger.info("deleted storage of %s at %s", name, where)

@@ -71,27 +71,39 @@ async def register_unknown(
     """
     key = (run.namespace, run.name)
 
-    def known(object_name: str) -> bool:
-        return object_name in {c.name for c in index.get(key, [])} or (
-            (run.namespace, object_name) in recently_deleted
+    def recorded() -> tuple[set[str], set[str]]:
+        """Names, and paths a Checkpoint under another name may be the record of (one record
+        per files); one found Invalid (created before its files, say) does not count."""
+        found = list(index.get(key, []))
+        paths = {c.path for c in found if c.consistent and c.phase != "Invalid"}
+        return {c.name for c in found}, paths
+
+    def known(object_name: str, path: str) -> bool:
+        names, paths = recorded()
+        return (
+            object_name in names
+            or path in paths
+            or (run.namespace, object_name) in recently_deleted
         )
 
     entries = await asyncio.to_thread(store.list_entries)
-    snapshot = {c.name for c in index.get(key, [])}
+    snapshot_names, snapshot_paths = recorded()
     result = ScanResult()
     for entry in entries:
         name = layout.parse_committed(entry)
         if name is None:
             continue
         object_name = name.object_name(run.name)
-        if object_name in snapshot or known(object_name):
+        if object_name in snapshot_names or name.path in snapshot_paths:
+            continue
+        if known(object_name, name.path):
             continue
         try:
             found = await asyncio.to_thread(_committed, store, entry)
         except PathEscapeError as exc:
             result.unsafe[entry] = exc.reason
             continue
-        if found is None or known(object_name):
+        if found is None or known(object_name, name.path):
             continue
         body = checkpoint_body(run.name, found[0], metrics=found[1], owner_uid=run.uid or None)
         if await kube.create_checkpoint(run.namespace, body):

@@ -8,9 +8,10 @@ Storage may be deleted only when
 * it is not the run's newest verified checkpoint (overall, or of kind ``full``: the point the
   next attempt resumes from) —
 
-unless the checkpoint carries ``ckpt.dev/force-delete: "true"``. While the run is gone or
-being deleted the resume-target and newest protections lapse (nothing will resume), but
-consumers keep blocking. The operator's finalizer, the kubectl plugin's ``--dry-run`` and the
+unless the checkpoint carries ``ckpt.dev/force-delete: "true"``. The last two hold through any
+Checkpoint naming the same files (see :mod:`ckpt_operator.policy.records`). While the run is
+gone or being deleted the resume-target and newest protections lapse (nothing will resume),
+but consumers keep blocking. The operator's finalizer, the kubectl plugin's ``--dry-run`` and the
 unit tests all call :func:`deletion_blockers`, so they cannot disagree.
 """
 
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from ckpt_operator.policy.consumers import blocking_consumers
+from ckpt_operator.policy.records import aliases
 from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.pod import ConsumerView
 from ckpt_operator.views.run import DEFAULT_REPORT_TIMEOUT_S, RunView
@@ -62,8 +64,11 @@ def deletion_blockers(
         for c in blocking_consumers(ckpt.step, consumers, now, timeout)
     ]
     if run is not None and not run.terminating:
-        if ckpt.name in run.resume_targets:
+        everything = [*siblings, ckpt]
+        # Another Checkpoint naming the same files (a duplicate) protects them too.
+        names = aliases(ckpt, everything)
+        if names & run.resume_targets:
             blockers.append(f"resume target of a pending or running attempt of {run.name}")
-        if ckpt.name in newest_protected([*siblings, ckpt]):
+        if names & newest_protected(everything):
             blockers.append(f"newest Ready checkpoint of {run.name}")
     return blockers
