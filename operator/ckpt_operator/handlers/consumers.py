@@ -3,6 +3,8 @@
 A consumer silent past ``reportTimeoutSeconds`` stops blocking deletions (safe deletion lets it
 lapse so a dead consumer cannot pin storage forever); a person must see that, so each newly
 silent consumer gets a Warning event and the run's ``ConsumersHealthy`` condition says who.
+A consumer whose ``loaded-step`` is not a step keeps blocking (it reported nothing); a Warning
+``InvalidLoadedStep`` on the run names it and the value, once per value.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 import kopf
 
 from ckpt_operator import metrics
-from ckpt_operator.api import conditions
+from ckpt_operator.api import conditions, names
+from ckpt_operator.api.models import MAX_STEP
 from ckpt_operator.handlers.indexes import PodsByNamespace
 from ckpt_operator.handlers.runtime import Runtime
 from ckpt_operator.policy.consumers import consumers_of, is_silent
@@ -21,6 +24,7 @@ from ckpt_operator.views.pod import ConsumerView
 from ckpt_operator.views.run import RunView
 
 CONSUMERS_HEALTHY = "ConsumersHealthy"
+INVALID_LOADED_STEP = "InvalidLoadedStep"
 
 
 def run_consumers(run: RunView, pods: PodsByNamespace) -> list[ConsumerView]:
@@ -41,6 +45,7 @@ def consumer_health(
     consumers = [c for c in run_consumers(run, pods) if c.live]
     silent = [c for c in consumers if is_silent(c, now, run.report_timeout_s)]
     key = (run.namespace, run.name)
+    state.bad_reports[key] = _warn_bad_reports(body, consumers, state.bad_reports.get(key, set()))
     previous = state.flagged.get(key, set())
     for c in silent:
         if (c.name, c.last_report) not in previous:
@@ -77,3 +82,19 @@ def consumer_health(
             body.meta.get("generation"),
         )
     }
+
+
+def _warn_bad_reports(
+    body: kopf.Body, consumers: list[ConsumerView], warned: set[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """A Warning for each consumer with a new unparseable report; returns those seen now."""
+    bad = {(c.name, c.bad_report) for c in consumers if c.bad_report is not None}
+    for name, value in sorted(bad - warned):
+        kopf.warn(
+            body,
+            reason=INVALID_LOADED_STEP,
+            message=f"consumer {name} reported {names.ANNOTATION_LOADED_STEP}={value}, not a "
+            f"step (ASCII digits, at most {MAX_STEP}): it counts as no report and keeps "
+            "blocking checkpoint deletion",
+        )
+    return bad

@@ -74,8 +74,11 @@ async def maintain(
             run.namespace, run.store_uri, run.secret_name, config.allowed_roots
         )
     except StoreError as exc:
-        logger.warning("store of run %s not scanned: %s", run.name, exc)
+        if state.store_errors.get(key) != str(exc):  # once, not every scan (an Event each)
+            logger.warning("store of run %s not scanned: %s", run.name, exc)
+            state.store_errors[key] = str(exc)
         return
+    state.store_errors.pop(key, None)
     scanned = await register_unknown(run, store, checkpoints_by_run, state.recently_deleted, logger)
     known = {c.name for c in checkpoints_by_run.get(key, [])}
     swept = await asyncio.to_thread(sweep, store, run, known, False, config, logger)

@@ -57,6 +57,10 @@ class Runtime:
     """Consumers already reported silent, with the report time they fell silent at."""
     unsafe: dict[RunKey, set[str]] = field(default_factory=dict)
     """Store entries already reported as escaping the store."""
+    bad_reports: dict[RunKey, set[tuple[str, str]]] = field(default_factory=dict)
+    """Consumers already reported for an unparseable loaded step, with that value."""
+    store_errors: dict[RunKey, str] = field(default_factory=dict)
+    """Why each run's store could not be scanned, as last reported."""
 
 
 def runtime(memo: kopf.Memo) -> Runtime:
