@@ -36,14 +36,16 @@ class OperatorProcess(Started):
         self.allowed_roots = list(allowed_roots)
         self.extra_args = list(extra_args)
         self.metrics_port = 0
+        self.liveness_url = ""
         self._popen: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         """Start and wait until Kopf's liveness endpoint answers."""
         liveness_port, self.metrics_port = free_port(), free_port()
+        self.liveness_url = f"http://127.0.0.1:{liveness_port}/healthz"
         args = [sys.executable, "-m", "ckpt_operator", "run", f"--metrics-port={self.metrics_port}"]
-        args += [f"--liveness=http://127.0.0.1:{liveness_port}/healthz", *self.extra_args]
+        args += [f"--liveness={self.liveness_url}", *self.extra_args]
         args += [f"--namespace={ns}" for ns in self.namespaces]
         args += [f"--allowed-root={root}" for root in self.allowed_roots]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -59,7 +61,7 @@ class OperatorProcess(Started):
         while time.monotonic() < deadline:
             if self._popen.poll() is not None:
                 raise ControlPlaneError(f"operator exited early; log: {self.log_path}")
-            if http_ok(f"http://127.0.0.1:{liveness_port}/healthz"):
+            if http_ok(self.liveness_url):
                 return
             time.sleep(0.1)
         raise ControlPlaneError(f"operator not live after {timeout:.0f} s; log: {self.log_path}")
@@ -82,6 +84,18 @@ class OperatorProcess(Started):
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    @property
+    def alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the operator process has used so far (Linux ``/proc``)."""
+        if self._popen is None:
+            raise ControlPlaneError("the operator was never started")
+        fields = Path(f"/proc/{self._popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of stat(5)
+        return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
