@@ -14,15 +14,19 @@ from typing import Any, TypeVar
 
 import kopf
 
+from ckpt_operator.api import names
+from ckpt_operator.handlers.runtime import runtime
 from ckpt_operator.handlers.selectors import ATTEMPT_POD_LABELS, CHECKPOINTS, TRAINING_RUNS
 from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.pod import AttemptPod, ConsumerView
 from ckpt_operator.views.run import RunKey, RunView
 
 CheckpointsByRun = kopf.Index[RunKey, CheckpointInfo]
+CheckpointsByName = kopf.Index[tuple[str, str], CheckpointInfo]
 RunsByKey = kopf.Index[RunKey, RunView]
 AttemptPods = kopf.Index[RunKey, AttemptPod]
 PodsByNamespace = kopf.Index[str, ConsumerView]
+ConsumersByRun = kopf.Index[RunKey, ConsumerView]
 
 
 @kopf.index(*CHECKPOINTS)
@@ -31,6 +35,21 @@ async def checkpoints_by_run(
 ) -> dict[RunKey, CheckpointInfo]:
     """Every Checkpoint, grouped by its run: ``checkpoints_by_run[(ns, run)]``."""
     return {(namespace or "", spec["run"]): CheckpointInfo.from_body(body)}
+
+
+@kopf.index(*CHECKPOINTS)
+async def checkpoints_by_name(
+    body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> dict[tuple[str, str], CheckpointInfo]:
+    """Every Checkpoint by its name: the live record a deletion decision checks."""
+    return {(namespace or "", name): CheckpointInfo.from_body(body)}
+
+
+@kopf.on.event(*CHECKPOINTS)
+async def note_verified(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the per-run newest-verified heaps (see :mod:`ckpt_operator.views.newest`)."""
+    if type != "DELETED":
+        runtime(memo).newest.note(CheckpointInfo.from_body(body))
 
 
 @kopf.index(*TRAINING_RUNS)
@@ -50,6 +69,14 @@ async def attempt_pods(
     if pod is None:
         return None
     return {(namespace or "", pod.run): pod}
+
+
+@kopf.index("pods", labels={names.LABEL_CONSUMER_OF: kopf.PRESENT})
+async def consumers_by_run(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> dict[RunKey, ConsumerView]:
+    """Consumers by the run their default label names: a decision reads only the run's own."""
+    return {(namespace or "", str(labels[names.LABEL_CONSUMER_OF])): ConsumerView.from_body(body)}
 
 
 @kopf.index("pods")

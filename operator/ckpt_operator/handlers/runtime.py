@@ -16,6 +16,7 @@ from typing import Any, cast
 import kopf
 
 from ckpt_operator.handlers.wakeups import DeletionSignals, RunWakeups
+from ckpt_operator.views.newest import NewestVerified
 from ckpt_operator.views.run import RunKey
 
 RECENT_S = 600.0
@@ -51,6 +52,7 @@ class Runtime:
     run_wakeups: RunWakeups = field(default_factory=RunWakeups)
     signals: DeletionSignals = field(default_factory=DeletionSignals)
     recently_deleted: RecentlyDeleted = field(default_factory=RecentlyDeleted)
+    newest: NewestVerified = field(default_factory=NewestVerified)
     last_scan: dict[RunKey, float] = field(default_factory=dict)
     """When each run's store was last scanned (monotonic seconds)."""
     flagged: dict[RunKey, set[tuple[str, datetime]]] = field(default_factory=dict)

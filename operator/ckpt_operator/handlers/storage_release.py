@@ -3,7 +3,7 @@
 Deleting a Checkpoint object is the only way storage goes (retention, run deletion, ``kubectl
 delete ckpt`` and the plugin all delete the object). Kopf's finalizer ``ckpt.dev/storage-
 protection`` keeps the object until :func:`release_storage` returns: it waits while
-:func:`~ckpt_operator.policy.deletion.deletion_blockers` names a reason (shown in
+:func:`~ckpt_operator.policy.deletion.blockers` names a reason (shown in
 ``status.blockedBy``), then deletes the files (already missing counts as success) and lets Kopf
 drop the finalizer. A storage error leaves the record (condition ``DeleteFailed``, a Warning
 event) and retries with backoff. After an operator restart Kopf calls the handler again; the
@@ -22,13 +22,20 @@ import kopf
 
 from ckpt_operator import metrics
 from ckpt_operator.api import conditions, names
-from ckpt_operator.handlers.indexes import CheckpointsByRun, PodsByNamespace, RunsByKey, one
+from ckpt_operator.handlers.consumers import run_consumers
+from ckpt_operator.handlers.indexes import (
+    CheckpointsByName,
+    ConsumersByRun,
+    PodsByNamespace,
+    RunsByKey,
+    one,
+)
 from ckpt_operator.handlers.runtime import Logger, Runtime, runtime
 from ckpt_operator.handlers.selectors import CHECKPOINTS
 from ckpt_operator.handlers.wakeups import DeletionSignals
 from ckpt_operator.kube import client as kube
-from ckpt_operator.policy.consumers import consumers_of, seconds_until_change
-from ckpt_operator.policy.deletion import deletion_blockers
+from ckpt_operator.policy.consumers import seconds_until_change
+from ckpt_operator.policy.deletion import blockers, is_newest
 from ckpt_operator.storage import layout
 from ckpt_operator.storage.open import CredentialsError, open_store
 from ckpt_operator.storage.store import PathEscapeError, Store, StoreError
@@ -50,7 +57,8 @@ async def release_storage(
     retry: int,
     patch: kopf.Patch,
     runs_by_key: RunsByKey,
-    checkpoints_by_run: CheckpointsByRun,
+    checkpoints_by_name: CheckpointsByName,
+    consumers_by_run: ConsumersByRun,
     pods_by_namespace: PodsByNamespace,
     logger: Logger,
     **_: Any,
@@ -68,25 +76,28 @@ async def release_storage(
             wake = state.signals.current(ns)
             info = CheckpointInfo.from_body(current)
             run = one(runs_by_key, (ns, info.run))
-            found = consumers_of(
-                info.run, run.selector if run else None, pods_by_namespace.get(ns, [])
-            )
+            found = run_consumers(run or RunView(info.run, ns), consumers_by_run, pods_by_namespace)
             now = datetime.now(UTC)
-            blockers = deletion_blockers(
+
+            def newer_exists(full_only: bool, info: CheckpointInfo = info) -> bool:
+                live = lambda name: one(checkpoints_by_name, (ns, name))  # noqa: E731
+                return state.newest.newer_exists(info, full_only, live)
+
+            held = blockers(
                 info,
                 run=run,
-                siblings=checkpoints_by_run.get((ns, info.run), ()),
+                newest=is_newest(info, newer_exists),
                 consumers=found,
                 now=now,
             )
-            if not blockers:
+            if not held:
                 break
-            if blockers != shown or (current.get("status") or {}).get("phase") != "Deleting":
-                logger.info("storage of %s held back: %s", name, "; ".join(blockers))
+            if held != shown or (current.get("status") or {}).get("phase") != "Deleting":
+                logger.info("storage of %s held back: %s", name, "; ".join(held))
                 await kube.patch_status(
-                    names.CHECKPOINTS, ns, name, {"phase": "Deleting", "blockedBy": blockers}
+                    names.CHECKPOINTS, ns, name, {"phase": "Deleting", "blockedBy": held}
                 )
-                shown = blockers
+                shown = held
             if not counted:
                 metrics.DELETIONS_BLOCKED.inc()
                 counted = True
