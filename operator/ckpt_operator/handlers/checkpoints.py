@@ -3,6 +3,11 @@
 A Checkpoint becomes ``Ready`` only when the operator has checked its files against its
 manifest (``verify: size|full`` of its run), ``Invalid`` with the reason otherwise (verified
 resume: nothing else is ever resumed from).
+
+Creation handlers only, no resume handlers: Kopf runs creation handlers for objects created
+while the operator was down (they carry no record of being handled) and continues ones a crash
+interrupted, so resume handlers would only cost a call (and a patch) per checkpoint at every
+operator start — 50,000 of them in a large cluster.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ RUN_WAIT_RETRIES = 10
 
 
 @kopf.on.create(*CHECKPOINTS, id="initialize")
-@kopf.on.resume(*CHECKPOINTS, id="initialize")
 async def initialize(status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch, **_: Any) -> None:
     """A phase and conditions within a moment, before a possibly long verification."""
     if status.get("phase"):
@@ -66,8 +70,7 @@ def _result_status(
     }
 
 
-@kopf.on.create(*CHECKPOINTS, id="verify")
-@kopf.on.resume(*CHECKPOINTS, id="verify")  # type: ignore[arg-type]  # see indexes
+@kopf.on.create(*CHECKPOINTS, id="verify")  # type: ignore[arg-type]  # see indexes
 async def verify(
     spec: kopf.Spec,
     meta: kopf.Meta,
