@@ -17,7 +17,6 @@ from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.pod import AttemptPod
 
 READY, PROGRESSING, FAILED = "Ready", "Progressing", "Failed"
-OUR_CONDITIONS = (READY, PROGRESSING, FAILED)
 
 # Reasons for bad input. A run failed for one of these recovers when its spec is fixed.
 INVALID_SPEC = "InvalidSpec"
