@@ -50,7 +50,7 @@ def test_crds_name_kinds_and_short_names() -> None:
     for doc in docs.values():
         assert doc["spec"]["group"] == "ckpt.dev"
         assert doc["spec"]["scope"] == "Namespaced"
-        assert doc["spec"]["names"]["categories"] == ["ckpt"]
+        assert doc["spec"]["names"]["categories"] == ["ckpt-operator"]
         version = doc["spec"]["versions"][0]
         assert version["name"] == "v1alpha1"
         assert version["subresources"] == {"status": {}}

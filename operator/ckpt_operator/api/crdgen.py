@@ -184,7 +184,7 @@ def crd(definition: CrdDefinition) -> dict[str, Any]:
                 "plural": definition.plural,
                 "singular": definition.kind.lower(),
                 "shortNames": definition.short_names,
-                "categories": ["ckpt"],
+                "categories": [names.CATEGORY],
             },
             "versions": [
                 {

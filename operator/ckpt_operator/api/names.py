@@ -14,6 +14,9 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 TRAINING_RUNS = "trainingruns"
 CHECKPOINTS = "checkpoints"
+CATEGORY = "ckpt-operator"
+"""``kubectl get ckpt-operator`` lists both kinds. Not ``ckpt``: kubectl expands a category before
+a short name, so ``kubectl delete ckpt --all`` would delete the TrainingRuns too."""
 FINALIZER = f"{GROUP}/storage-protection"
 MERGE_PATCH = "application/merge-patch+json"
 
