@@ -43,7 +43,7 @@ e2e: $(VENV)/.installed
 image:
 	docker build -t ckpt-operator:dev .
 
-## crds: regenerate crds/ and the chart's copy from the pydantic models
+## crds: regenerate what the pydantic models generate (crds/, the chart's CRD templates)
 crds: $(VENV)/.installed
 	$(BIN)/ckpt-operator crds
 

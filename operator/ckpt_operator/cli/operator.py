@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ckpt_operator.api import crdgen
+from ckpt_operator.api import generated
 
 app = typer.Typer(
     help="ckpt-operator: resume training from the newest valid checkpoint; delete storage safely.",
@@ -76,23 +76,19 @@ def run(
 
 @app.command()
 def crds(
-    check: Annotated[bool, typer.Option(help="Fail if the committed YAML differs.")] = False,
+    check: Annotated[bool, typer.Option(help="Fail if a committed file differs.")] = False,
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
 ) -> None:
-    """Write crds/*.yaml and the chart's copy from the pydantic models."""
+    """Write everything generated from the models: crds/*.yaml and the chart's CRD templates."""
     if check:
-        stale = [
-            path
-            for path, text in crdgen.targets(repo).items()
-            if not path.exists() or path.read_text() != text
-        ]
+        stale = generated.stale(repo)
         if stale:
             console.print(f"[red]out of date:[/red] {', '.join(map(str, stale))}")
             console.print("run: ckpt-operator crds")
             raise typer.Exit(1)
-        console.print("CRDs up to date")
+        console.print("generated files up to date")
         return
-    for path in crdgen.write(repo):
+    for path in generated.write(repo):
         console.print(f"wrote {path}")
 
 
