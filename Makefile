@@ -43,7 +43,7 @@ e2e: $(VENV)/.installed
 image:
 	docker build -t ckpt-operator:dev .
 
-## crds: regenerate what the pydantic models generate (crds/, the chart's CRD templates)
+## crds: regenerate what the pydantic models generate (crds/, chart CRD templates, values schema)
 crds: $(VENV)/.installed
 	$(BIN)/ckpt-operator crds
 

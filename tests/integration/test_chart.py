@@ -335,9 +335,34 @@ def test_helm_lint(helm: Helm, tmp_path: Path, values: dict[str, Any]) -> None:
         ({"allowedRoots": []}, "allowedRoots is required"),
         ({"allowedRoots": ["/data/checkpoints"]}, "is not a URI prefix"),
         ({"allowedRoots": ROOTS, "watchNamespaces": ["team-*"]}, "exact names only"),
-        ({"allowedRoots": ROOTS, "replicas": 0}, "replicas must be at least 1"),
+        # values.schema.json: keys and types
+        ({"allowedRoots": ROOTS, "replicas": 0}, "at '/replicas': minimum: got 0, want 1"),
+        ({"allowedRoots": ROOTS, "replica": 2}, "additional properties 'replica' not allowed"),
+        (
+            {"allowedRoots": ROOTS, "metrics": {"servicemonitor": {"enabled": True}}},
+            "at '/metrics': additional properties 'servicemonitor' not allowed",
+        ),
+        ({"allowedRoots": ROOTS, "replicas": "two"}, "at '/replicas': got string, want integer"),
+        ({"allowedRoots": [1]}, "at '/allowedRoots/0': got number, want string"),
+        ({"allowedRoots": ROOTS, "crds": {"keep": "no"}}, "at '/crds/keep': got string"),
+        (
+            {"allowedRoots": ROOTS, "trainerRole": {"bindings": [{"namespace": "ml"}]}},
+            "missing property 'serviceAccount'",
+        ),
     ],
-    ids=["missing", "empty", "not-a-uri", "glob-namespace", "no-replicas"],
+    ids=[
+        "missing",
+        "empty",
+        "not-a-uri",
+        "glob-namespace",
+        "no-replicas",
+        "typo-top-level",
+        "typo-nested",
+        "wrong-type",
+        "root-not-a-string",
+        "crds-keep-not-a-bool",
+        "binding-without-service-account",
+    ],
 )
 def test_bad_values_fail_with_a_clear_message(
     helm: Helm, tmp_path: Path, values: dict[str, Any], message: str

@@ -79,7 +79,7 @@ def crds(
     check: Annotated[bool, typer.Option(help="Fail if a committed file differs.")] = False,
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
 ) -> None:
-    """Write everything generated from the models: crds/*.yaml and the chart's CRD templates."""
+    """Write what the models generate: crds/, the chart's CRD templates and values schema."""
     if check:
         stale = generated.stale(repo)
         if stale:
