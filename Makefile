@@ -43,7 +43,8 @@ e2e: $(VENV)/.installed
 image:
 	docker build -t ckpt-operator:dev .
 
-## crds: regenerate what the pydantic models generate (crds/, chart CRD templates, values schema)
+## crds: regenerate what the pydantic models generate (crds/, chart CRD templates, values
+## schema, docs/crd-reference.md)
 crds: $(VENV)/.installed
 	$(BIN)/ckpt-operator crds
 

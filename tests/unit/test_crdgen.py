@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ckpt_operator.api import crdgen, generated, models
+from ckpt_operator.api import crdgen, crdref, generated, models
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,3 +63,33 @@ def test_example_trainingrun_parses_with_the_models() -> None:
     doc = yaml.safe_load((REPO / "examples" / "trainingrun.yaml").read_text())
     spec = models.TrainingRunSpec.model_validate(doc["spec"])
     assert spec.restart_policy.rules[0].action == "Ignore"
+
+
+def _leaves(node: dict[str, Any], path: str) -> list[str]:
+    found = [path]
+    for name, sub in (node.get("properties") or {}).items():
+        found += _leaves(sub, f"{path}.{name}")
+    for name, sub in ((node.get("items") or {}).get("properties") or {}).items():
+        found += _leaves(sub, f"{path}[].{name}")
+    return found
+
+
+@pytest.mark.parametrize("definition", crdgen.DEFINITIONS, ids=lambda d: d.kind)
+def test_reference_has_a_row_for_every_field(definition: crdgen.CrdDefinition) -> None:
+    reference = crdref.render()
+    section = reference.split(f"## {definition.kind}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ")[0].strip("| `") for line in section.splitlines() if "| `" in line]
+    schema = crdgen.crd(definition)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    fields = _leaves(schema["properties"]["spec"], "spec")
+    fields += _leaves(schema["properties"]["status"], "status")
+    assert rows == fields
+
+
+def test_reference_states_the_checks() -> None:
+    reference = crdref.render()
+    assert (
+        '| `spec.retention.keepBest.mode` | string | `"min"` | min: lower is better. '
+        "| one of `min`, `max` |" in reference
+    )
+    assert "required; ≥ 0; step is immutable |" in reference
+    assert "`^(file:///\\|s3://" in reference  # pipes escaped inside the table

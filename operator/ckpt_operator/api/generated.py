@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckpt_operator.api import chart_values, crdgen
+from ckpt_operator.api import chart_values, crdgen, crdref
 
 
 def targets(repo: Path) -> dict[Path, str]:
     """Path -> the text it must hold."""
-    return crdgen.targets(repo) | chart_values.targets(repo)
+    return crdgen.targets(repo) | chart_values.targets(repo) | crdref.targets(repo)
 
 
 def stale(repo: Path) -> list[Path]:

@@ -79,7 +79,8 @@ def crds(
     check: Annotated[bool, typer.Option(help="Fail if a committed file differs.")] = False,
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
 ) -> None:
-    """Write what the models generate: crds/, the chart's CRD templates and values schema."""
+    """Write what the models generate: crds/, the chart's CRD templates and values schema, and
+    docs/crd-reference.md."""
     if check:
         stale = generated.stale(repo)
         if stale:
