@@ -380,7 +380,7 @@ class CheckpointStatus(Model):
     size_bytes: int | None = Field(default=None, ge=0, description="Bytes it occupies.")
     digest: str | None = Field(default=None, description="The manifest's digest of its files.")
     verified_at: datetime | None = Field(
-        default=None, description="When the operator last verified it."
+        default=None, description="When the operator last checked its files (either outcome)."
     )
     blocked_by: list[str] | None = Field(
         default=None, description="What holds deletion back (consumers, resume targets, …)."

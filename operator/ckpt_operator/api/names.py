@@ -35,6 +35,11 @@ ANNOTATION_HEARTBEAT = f"{GROUP}/heartbeat"
 record of *when* it changed is trusted, never its value."""
 ANNOTATION_FORCE_DELETE = f"{GROUP}/force-delete"
 """``"true"`` on a Checkpoint: delete its storage even while something would block it."""
+ANNOTATION_VERIFY_REQUESTED = f"verify.{GROUP}/requested-at"
+"""On a Checkpoint, set by ``kubectl ckpt verify`` to the time of the request: the operator
+verifies it again, records the outcome, then removes the annotation. Not under ``ckpt.dev/``:
+Kopf keeps its progress there and leaves those annotations out of change detection (Flux's
+``reconcile.fluxcd.io/requestedAt`` is the same pattern)."""
 ANNOTATION_RESUME_FROM = f"{GROUP}/resume-from"
 """On an attempt pod: the Checkpoint object it resumes from (empty: from scratch)."""
 ANNOTATION_RESUME_STEP = f"{GROUP}/resume-step"
