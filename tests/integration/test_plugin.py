@@ -297,3 +297,91 @@ def test_completion_offers_names_from_the_cluster(
     assert commands.complete_checkpoints(ctx, "alp") == ["alpha-step-1-a0"]
     assert commands.complete_runs(ctx, "") == ["alpha"]
     assert commands.complete_runs(ctx, "beta") == []
+
+
+def _kubeconfig_of(k8s: Any, admin: Path, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as a ServiceAccount (a bound token)."""
+    from kubernetes import client
+
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
+    token = client.CoreV1Api(k8s).create_namespaced_service_account_token(
+        account, namespace, request
+    )
+    config = yaml.safe_load(admin.read_text())
+    config["users"] = [{"name": account, "user": {"token": token.status.token}}]
+    config["contexts"][0]["context"]["user"] = account
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_describe_reads_s3_manifests_only_with_the_users_own_access(
+    k8s: Any, kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    import base64
+
+    from kubernetes import client
+
+    from ckpt_operator.testing.s3 import moto_s3
+
+    c = Cluster(k8s, namespace)
+    with moto_s3() as s3:
+        secret = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_ENDPOINT_URL": s3.endpoint_url,
+            "AWS_REGION": "us-east-1",
+        }
+        c.core.create_namespaced_secret(
+            namespace,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name="s3-creds"),
+                data={k: base64.b64encode(v.encode()).decode() for k, v in secret.items()},
+            ),
+        )
+        uri = s3.uri(f"{namespace}/run")
+        run = c.create_run(run_body("s3d", uri, secret="s3-creds"))
+        store = Store.from_uri(uri, storage_options=s3.storage_options)
+        write_checkpoint(store, "s3d", 1, fmt="tar")
+        c.register(run, 1, fmt="tar")
+
+        admin = _json(_cli(kubeconfig, namespace)("describe", "s3d/1", "-o", "json"))
+        assert (
+            admin["manifest"]["source"] == f"store {uri}/{layout.CheckpointName(1, 0, 'tar').path}"
+        )
+        assert {f["path"] for f in admin["manifest"]["files"]} == {"model.bin", "meta.json"}
+
+        # A user who may read checkpoints, runs and pods, but not Secrets: the status only.
+        rbac = client.RbacAuthorizationV1Api(k8s)
+        c.core.create_namespaced_service_account(namespace, {"metadata": {"name": "viewer"}})
+        rbac.create_namespaced_role(
+            namespace,
+            {
+                "metadata": {"name": "viewer"},
+                "rules": [
+                    {"apiGroups": ["ckpt.dev"], "resources": ["*"], "verbs": ["get", "list"]},
+                    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+                ],
+            },
+        )
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": "viewer"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "viewer",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": namespace}],
+            },
+        )
+        viewer = _kubeconfig_of(k8s, kubeconfig, namespace, "viewer", tmp_path / "viewer")
+        describe = _cli(viewer, namespace)
+        seen = wait_for(  # the authorizer learns of the new binding in a moment
+            lambda: (r := describe("describe", "s3d/1", "-o", "json")).exit_code == 0 and r,
+            15,
+            "the viewer to be allowed",
+        )
+        assert _json(seen)["manifest"] == {
+            "source": "status only (Secret s3-creds is missing, or your kubeconfig may not read it)"
+        }

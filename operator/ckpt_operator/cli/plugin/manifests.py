@@ -29,7 +29,7 @@ def _store(cluster: Cluster, root: str, secret: str | None) -> Store:
     if secret:
         data = cluster.secret(secret)
         if data is None:
-            raise StoreError(f"your kubeconfig may not read Secret {secret}")
+            raise StoreError(f"Secret {secret} is missing, or your kubeconfig may not read it")
         options = storage_options(decode_secret_data(data))
     return Store.from_uri(root, storage_options=options)
 
