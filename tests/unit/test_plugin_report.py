@@ -201,7 +201,7 @@ def test_a_missing_run_is_reported() -> None:
 def test_blockers_are_the_operators_with_every_sibling(
     spec: list[tuple[int, int, str, names.Kind, bool]], loaded: int
 ) -> None:
-    """The snapshot passes only the newest siblings; the answer must be the same."""
+    """The snapshot decides "newest" once per run; the answer must be deletion_blockers'."""
     bodies = list(
         {(s, a, k): ckpt(s, p, attempt=a, kind=k, terminating=t) for s, a, p, k, t in spec}.values()
     )

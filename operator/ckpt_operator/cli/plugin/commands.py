@@ -1,7 +1,7 @@
 """The ``kubectl ckpt`` commands: typer wiring over the reports, the cluster and the printers.
 
 Deleting means deleting the Checkpoint *object*; the operator's finalizer deletes the storage
-once :func:`ckpt_operator.policy.deletion.deletion_blockers` allows it, exactly as for ``kubectl
+once :func:`ckpt_operator.policy.deletion.blockers` allows it, exactly as for ``kubectl
 delete ckpt NAME`` or retention. Verifying means asking the operator (only it sets Ready or
 Invalid) with the ``verify.ckpt.dev/requested-at`` annotation and waiting for its answer.
 """

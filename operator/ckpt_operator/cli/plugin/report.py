@@ -1,7 +1,7 @@
 """What ``kubectl ckpt`` reports, decided by the operator's own policies on listed objects.
 
 Every verdict comes from the function the operator acts on: deletion from
-:func:`~ckpt_operator.policy.deletion.deletion_blockers`, the resume point from
+:func:`~ckpt_operator.policy.deletion.blockers`, the resume point from
 :func:`~ckpt_operator.policy.resume.resume_plan`, retention from
 :func:`~ckpt_operator.policy.retention.decide`, each applied to views built from the objects as
 listed now, so the plugin cannot disagree with the operator. Reports are plain dicts: they are
@@ -19,7 +19,7 @@ from typing import Any
 from ckpt_operator.api import names
 from ckpt_operator.policy import retention
 from ckpt_operator.policy.consumers import consumers_of
-from ckpt_operator.policy.deletion import deletion_blockers, newest_protected
+from ckpt_operator.policy.deletion import blockers, newest_protected
 from ckpt_operator.policy.resume import Resume, ResumePlan, newest_first, resume_plan
 from ckpt_operator.policy.resume import unusable_reason as resume_unusable_reason
 from ckpt_operator.storage import layout
@@ -56,14 +56,10 @@ class Snapshot:
         return by_run
 
     @cached_property
-    def _newest(self) -> dict[str, list[CheckpointInfo]]:
-        """Per run, the siblings :func:`newest_protected` can pick: passing only these to
-        ``deletion_blockers`` gives its answer for all of them without an O(n²) listing."""
-        picked: dict[str, list[CheckpointInfo]] = {}
-        for run, infos in self._infos.items():
-            newest = newest_protected(infos)
-            picked[run] = [c for c in infos if c.name in newest]
-        return picked
+    def _newest(self) -> dict[str, set[str]]:
+        """Per run, the names :func:`newest_protected` keeps: computed once per run, where the
+        operator's finalizer asks per checkpoint."""
+        return {run: newest_protected(infos) for run, infos in self._infos.items()}
 
     @cached_property
     def _consumers(self) -> list[ConsumerView]:
@@ -88,9 +84,8 @@ class Snapshot:
             info = replace(info, force_delete=True)
         run = self.run_view(info.run)
         found = consumers_of(info.run, run.selector if run else None, self._consumers)
-        return deletion_blockers(
-            info, run=run, siblings=self._newest.get(info.run, []), consumers=found, now=self.now
-        )
+        newest = info.name in self._newest.get(info.run, set())
+        return blockers(info, run=run, newest=newest, consumers=found, now=self.now)
 
 
 def _status(body: Mapping[str, Any]) -> dict[str, Any]:
