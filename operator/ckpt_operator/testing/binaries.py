@@ -30,8 +30,6 @@ GO_INSTALLABLE = {
     "kwok": "sigs.k8s.io/kwok/cmd/kwok@v0.7.0",
     "helm": "helm.sh/helm/v3/cmd/helm@v3.22.0",
     "kind": "sigs.k8s.io/kind@v0.33.0",
-    # The e2e node: crictl talks CRI to containerd.
-    "crictl": "sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0",
 }
 # Directories of binaries from one module, installed together (a name like `bridge` or
 # `loopback` alone would be ambiguous on PATH, so only the cache is searched for these).
@@ -62,7 +60,7 @@ _KUBE_PACKAGES = {
     "etcd": "go.etcd.io/etcd/server/v3",
 }
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kwok")
-NODE = ("kubelet", "kube-scheduler", "kube-proxy", "crictl", "cni-plugins")
+NODE = ("kubelet", "kube-scheduler", "kube-proxy", "cni-plugins")
 ALL_BINARIES = (*_KUBE_PACKAGES, *GO_INSTALLABLE, *GO_INSTALLABLE_DIRS)
 
 
