@@ -158,6 +158,8 @@ class ImageSink(Protocol):
 
     def import_image(self, stream: IO[bytes], ref: str) -> None: ...
 
+    def prune_images(self, keep: Iterable[str], repositories: Iterable[str]) -> None: ...
+
 
 def provide_images(sink: ImageSink) -> Images:
     """Make sure ``sink`` holds the pause, operator and trainer images of the current inputs.
@@ -171,6 +173,7 @@ def provide_images(sink: ImageSink) -> Images:
         return tags
     with docker_engine(cache_root() / "docker") as engine:
         build_images(engine)
+        _prune_docker(engine, tags)
         for ref in missing:
             started = time.monotonic()
             docker = shutil.which("docker")
@@ -190,7 +193,24 @@ def provide_images(sink: ImageSink) -> Images:
             if save.returncode != 0:
                 raise RuntimeError(f"docker save {ref} failed: {err.decode()[-2000:]}")
             log.info("imported %s in %.0f s", ref, time.monotonic() - started)
+    # Earlier versions of these images would pile up in the cache with every code change.
+    sink.prune_images(tags.all(), REPOSITORIES)
     return tags
+
+
+# The repositories of the images made here; older tags of them are removed from the caches.
+REPOSITORIES = ("ckpt-e2e/debian-python", "ckpt-e2e/pause", "ckpt-operator", "ckpt-e2e/trainer")
+
+
+def _prune_docker(engine: DockerEngine, tags: Images) -> None:
+    listed = engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}").split()
+    for ref in listed:
+        repository, _, tag = ref.rpartition(":")
+        ours = repository in REPOSITORIES and (
+            repository != "ckpt-operator" or tag.startswith("e2e-")
+        )
+        if ours and ref not in tags.all():
+            engine.docker("rmi", ref)
 
 
 def _timed(what: str, build: Callable[[], None]) -> None:
