@@ -262,18 +262,30 @@ class KubeletCluster(ControlPlane):
         return [line.split()[0] for line in lines if line.split()[-1:] == ["RUNNING"]]
 
     def prune_images(self, keep: Iterable[str], repositories: Iterable[str]) -> None:
-        """Remove images of ``repositories`` other than ``keep`` (content is GC-ed by containerd).
+        """Remove images of ``repositories`` other than ``keep``, and the ``sha256:<id>`` names
+        the CRI plugin adds for them, waiting for containerd to collect their content.
 
         Only ``ckpt-operator:e2e-*`` tags of ``ckpt-operator`` count as ours.
         """
+        targets = self.image_targets()
         wanted = {_qualified(ref) for ref in keep}
+        kept_targets = {targets[name] for name in wanted if name in targets}
         prefixes = tuple(_qualified(repo) + ":" for repo in repositories)
-        for name in self.image_names():
-            if not name.startswith(prefixes) or name in wanted:
+        operator = _qualified("ckpt-operator") + ":"
+        for name, target in targets.items():
+            if name in wanted:
                 continue
-            if name.startswith(_qualified("ckpt-operator") + ":") and ":e2e-" not in name:
-                continue
-            self.ctr("images", "remove", name)
+            ours = name.startswith(prefixes) and (
+                not name.startswith(operator) or name.startswith(operator + "e2e-")
+            )
+            stale_id = name.startswith("sha256:") and target not in kept_targets
+            if ours or stale_id:
+                self.ctr("images", "remove", "--sync", name)
+
+    def image_targets(self) -> dict[str, str]:
+        """Image name -> the digest it points at (its manifest or index)."""
+        lines = self.ctr("images", "list").splitlines()[1:]
+        return {line.split()[0]: line.split()[2] for line in lines if len(line.split()) > 2}
 
     def sweep_containers(self) -> None:
         """Remove every container containerd still has in k8s.io (leftovers of a crash)."""
