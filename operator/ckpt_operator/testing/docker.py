@@ -23,6 +23,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+_LIBNETWORK_RUN = Path("/run/docker")
+
 
 class DockerUnavailable(RuntimeError):
     """No Docker engine answers and none can be started here; the message says why."""
@@ -84,6 +86,7 @@ class DockerEngine:
     _popen: subprocess.Popen[bytes] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
     _log: Path | None = None
+    _run_docker_existed: bool = True
 
     def docker(self, *args: str, timeout: float = 600, input: bytes | None = None) -> str:
         """Run the docker CLI against this engine; raise with its output when it fails."""
@@ -125,6 +128,9 @@ class DockerEngine:
             raise DockerUnavailable("no Docker engine answers, and starting one needs root")
         ensure_commands({"dockerd": "docker.io", "docker": "docker.io", "containerd": "containerd"})
         # A short path: dockerd's exec root holds containerd's sockets (108-byte limit).
+        # libnetwork keeps the host's netns bind-mounted under /run/docker whatever the exec
+        # root; remove that on stop unless it was there before.
+        self._run_docker_existed = _LIBNETWORK_RUN.exists()
         self._tmp = tempfile.TemporaryDirectory(prefix="ckpt-dockerd-", dir="/run")
         root = Path(self._tmp.name)
         self._log = root / "dockerd.log"
@@ -180,6 +186,9 @@ class DockerEngine:
             unmount_under(Path(self._tmp.name))
             self._tmp.cleanup()
             self._tmp = None
+            if not self._run_docker_existed and _LIBNETWORK_RUN.exists():
+                unmount_under(_LIBNETWORK_RUN)
+                shutil.rmtree(_LIBNETWORK_RUN, ignore_errors=True)
         self.started = False
 
 
