@@ -166,6 +166,7 @@ class KubeletCluster(ControlPlane):
     bins: dict[str, Path] = field(default_factory=dict)
     _node_processes: list[str] = field(default_factory=list)
     _lock: IO[str] | None = None
+    _sysctls: dict[str, str] = field(default_factory=dict)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -207,6 +208,8 @@ class KubeletCluster(ControlPlane):
         if any(p.name == "kubelet" for p in self.processes):
             self._delete_all_pods()
         self._stop_named("kube-proxy", "kubelet")
+        _write_sysctls(self._sysctls)
+        self._sysctls = {}
         if self.containerd_socket.exists():
             self.sweep_containers()
         super().stop()
@@ -524,6 +527,8 @@ class KubeletCluster(ControlPlane):
         }
         config_path = self.workdir / "kubelet.yaml"
         config_path.write_text(yaml.safe_dump(config))
+        # The kubelet sets these kernel tunables for itself; stop() puts them back.
+        self._sysctls = _read_sysctls()
         self._node_processes.append("kubelet")
         process = self._spawn(
             "kubelet",
@@ -716,3 +721,28 @@ def _remove_kubelet_chains() -> None:
                     _run([tool, "-t", table, "-D", parent, "-j", chain], check=False)
                 _run([tool, "-t", table, "-F", chain], check=False)
                 _run([tool, "-t", table, "-X", chain], check=False)
+
+
+# What the kubelet's container manager sets at start (setupKernelTunables).
+_KUBELET_SYSCTLS = (
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+)
+
+
+def _read_sysctls() -> dict[str, str]:
+    values = {}
+    for name in _KUBELET_SYSCTLS:
+        with contextlib.suppress(OSError):
+            values[name] = (Path("/proc/sys") / name).read_text().strip()
+    return values
+
+
+def _write_sysctls(values: dict[str, str]) -> None:
+    for name, value in values.items():
+        with contextlib.suppress(OSError):
+            (Path("/proc/sys") / name).write_text(value)
