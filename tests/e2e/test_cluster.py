@@ -99,8 +99,6 @@ def _values(e2e: E2E) -> dict[str, Any]:
             }
         ],
         "extraVolumeMounts": [{"name": "checkpoints", "mountPath": STORE_MOUNT}],
-        # Delete promptly in tests; the default liveness delay is fine.
-        "extraArgs": [],
     }
 
 
@@ -281,11 +279,11 @@ def _delete_runs(api: Any, timeout: float = 180) -> None:
     """Delete every TrainingRun in NAMESPACE and wait until they and their Checkpoints are gone
     (the operator releases its finalizers)."""
     custom = _custom(api)
-    for plural in ("trainingruns",):
-        for obj in custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural)["items"]:
-            custom.delete_namespaced_custom_object(
-                GROUP, VERSION, NAMESPACE, plural, obj["metadata"]["name"]
-            )
+    runs = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "trainingruns")
+    for obj in runs["items"]:
+        custom.delete_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "trainingruns", obj["metadata"]["name"]
+        )
 
     def gone() -> bool:
         return not any(
