@@ -30,7 +30,7 @@ controller may start another attempt.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -177,10 +177,20 @@ def observe(
     store_root: str,
     now: datetime,
     generation: int | None = None,
+    invalid: tuple[str, str] | None = None,
 ) -> Observed:
-    """Mirror the run's pods into its attempts, and the newest attempt into the run."""
+    """Mirror the run's pods into its attempts, and the newest attempt into the run.
+
+    ``invalid`` (reason, message): the run cannot be served (its store is not allowed); the
+    webhook refuses its pods, and the run shows Failed until its spec is fixed.
+    """
     b = _Builder(status.model_copy(deep=True), now, generation)
     b.status.observed_generation = generation
+    if invalid is not None:
+        b.status.phase = "Failed"
+        triple: Triple = ("False", *invalid)
+        b.conditions(triple, triple, ("True", *invalid))
+        return Observed(b.status)
     b.status.latest_checkpoint = checkpoint_ref(resume_plan(checkpoints).target, store_root)
     by_attempt: dict[int, list[AttemptPod]] = {}
     for pod in pods:
@@ -242,6 +252,22 @@ def _attempt(b: _Builder, record: AttemptStatus, pods: list[AttemptPod]) -> Atte
     else:
         b.notes.append(Note("Normal", "Succeeded", f"attempt {record.attempt} succeeded"))
     return closed
+
+
+def announcements(status: TrainingRunStatus, announced: Collection[int]) -> list[tuple[int, Note]]:
+    """Events for attempts the webhook opened that have not been announced yet."""
+    return [
+        (
+            r.attempt,
+            Note(
+                "Normal",
+                "Restarted" if r.attempt else "Started",
+                f"attempt {r.attempt} resumes {_resume_text(r)}",
+            ),
+        )
+        for r in status.attempts
+        if r.attempt not in announced
+    ]
 
 
 def _workers(pods: list[AttemptPod]) -> list[WorkerStatus]:
