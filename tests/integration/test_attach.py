@@ -24,6 +24,7 @@ from ckpt_operator.api import names
 from ckpt_operator.storage import layout
 from ckpt_operator.testing.cluster import Cluster, candidate_steps, env_of
 from ckpt_operator.testing.controlplane import free_port
+from ckpt_operator.testing.jobset import RESTART_ATTEMPT, JobSetController
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.waiting import wait_for
 
@@ -336,3 +337,81 @@ def test_operator_down_fail_refuses_pods_naming_the_webhook(
     message = str(refused.value.body)
     assert f'failed calling webhook \\"{names.WEBHOOK_NAME}\\"' in message, message
     assert kube.pod("bare") is None
+
+
+def jobset_body(name: str, run: str, store: Path) -> dict[str, Any]:
+    """Two Jobs of two pods each, restarted whole on any failure (defaults spelled out: the
+    JobSet defaulting webhook is not registered in the local control plane)."""
+    job = {
+        "completionMode": "Indexed",
+        "completions": 2,
+        "parallelism": 2,
+        "backoffLimit": 0,
+        "template": pod_template(run, store),
+    }
+    return {
+        "apiVersion": "jobset.x-k8s.io/v1alpha2",
+        "kind": "JobSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicatedJobs": [{"name": "workers", "replicas": 2, "template": {"spec": job}}],
+            "failurePolicy": {"maxRestarts": 3},
+            "successPolicy": {"operator": "All"},
+            "startupPolicy": {"startupPolicyOrder": "AnyOrder"},
+            "network": {"enableDNSHostnames": False},
+        },
+    }
+
+
+def gang(kube: Cluster, jobset: str, restart: int) -> list[Any]:
+    selector = f"jobset.sigs.k8s.io/jobset-name={jobset},{RESTART_ATTEMPT}={restart}"
+    found: list[Any] = []
+
+    def complete() -> bool:
+        nonlocal found
+        found = kube.core.list_namespaced_pod(kube.ns, label_selector=selector).items
+        return len(found) == 4
+
+    wait_for(complete, 60, f"the 4 pods of restart {restart} of {jobset}")
+    return found
+
+
+def test_jobset_gang_restart_shares_one_resume_point(
+    kube: Cluster,
+    store: Path,
+    jobset: JobSetController,
+    start_webhook: Callable[[str], OperatorProcess],
+) -> None:
+    """A JobSet restarts all its Jobs when one pod fails: every pod of the restart is one
+    attempt and resumes from the same, newest checkpoint."""
+    start_webhook("Fail")
+    kube.create_run(attached_run("llm", store))
+    wait_webhook(kube)
+    client.CustomObjectsApi(kube.core.api_client).create_namespaced_custom_object(
+        "jobset.x-k8s.io", "v1alpha2", kube.ns, "jobsets", jobset_body("llm", "llm", store)
+    )
+    first = gang(kube, "llm", 0)
+    assert {env_of(p)["CKPT_ATTEMPT"] for p in first} == {"0"}
+    assert {env_of(p)["CKPT_RESUME_FROM"] for p in first} == {""}
+    for p in first:
+        set_phase(kube, p.metadata.name, "Running")
+    for step in (100, 200):
+        kube.wait_checkpoint(kube.add_checkpoint("llm", store, step, 0), "Ready")
+    set_phase(kube, first[0].metadata.name, "Failed")
+
+    second = gang(kube, "llm", 1)
+    envs = [env_of(p) for p in second]
+    assert {e["CKPT_ATTEMPT"] for e in envs} == {"1"}
+    assert {e["CKPT_RESUME_FROM"] for e in envs} == {target_uri(store, 200)}
+    assert {e["CKPT_RESUME_CANDIDATES"] for e in envs} == {envs[0]["CKPT_RESUME_CANDIDATES"]}
+    assert candidate_steps(envs[0]) == [200, 100]
+
+    def recorded() -> bool:
+        attempts = kube.status("llm").get("attempts") or []
+        return [a["phase"] for a in attempts] == ["Failed", "Pending"]
+
+    wait_for(recorded, 30, "attempt 0 failed and attempt 1 recorded")
+    zero, one = kube.status("llm")["attempts"]
+    assert (zero["key"], one["key"]) == (f"{RESTART_ATTEMPT}=0", f"{RESTART_ATTEMPT}=1")
+    assert zero["pod"] == first[0].metadata.name and zero["exitCode"] == 1
+    assert one["resumedFrom"]["step"] == 200
