@@ -82,6 +82,21 @@ Validate the values once; every template that matters includes this.
 {{- if lt (int .Values.replicas) 1 }}
 {{- fail "replicas must be at least 1" }}
 {{- end }}
+{{- if .Values.webhook.enabled }}
+{{- if gt (int .Values.replicas) 1 }}
+{{- fail "webhook.enabled needs replicas: 1 (a hot-standby replica has no indexes and could not answer admission requests the Service sends it)" }}
+{{- end }}
+{{- if not (has .Values.webhook.failurePolicy (list "Ignore" "Fail")) }}
+{{- fail (printf "webhook.failurePolicy must be Ignore or Fail, got %v" .Values.webhook.failurePolicy) }}
+{{- end }}
+{{- if or (lt (int .Values.webhook.timeoutSeconds) 1) (gt (int .Values.webhook.timeoutSeconds) 30) }}
+{{- fail "webhook.timeoutSeconds must be 1 to 30" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "ckpt-operator.webhookName" -}}
+{{- printf "%s-webhook" (include "ckpt-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{/*
