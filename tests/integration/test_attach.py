@@ -282,6 +282,23 @@ def test_pods_not_opted_in_are_never_modified(
         assert [(e.name, e.value) for e in stored.spec.containers[0].env] == [("A", "1")]
 
 
+def test_an_attached_run_stays_attached_and_has_no_gang(kube: Cluster, store: Path) -> None:
+    kube.create_run(attached_run("train", store))
+    template = {"spec": {"containers": [{"name": "c", "image": IMAGE}]}}
+    patches = {
+        "cannot switch between spec.template and spec.workload": {
+            "spec": {"workload": None, "template": template}
+        },
+        "spec.numNodes applies to runs with a template": {"spec": {"numNodes": 2}},
+    }
+    for message, patch in patches.items():
+        with pytest.raises(ApiException) as refused:
+            kube.custom.patch_namespaced_custom_object(
+                names.GROUP, names.VERSION, kube.ns, names.TRAINING_RUNS, "train", patch
+            )
+        assert message in str(refused.value.body)
+
+
 def test_refusals_name_what_to_fix(
     kube: Cluster, store: Path, start_webhook: Callable[[str], OperatorProcess]
 ) -> None:

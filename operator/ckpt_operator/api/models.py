@@ -220,16 +220,16 @@ class TrainingRunSpec(Model):
         json_schema_extra=_cel(
             (
                 "has(self.template) != has(self.workload)",
-                "set exactly one of template (the operator creates the pods) and workload "
-                "(the run attaches to pods another controller creates)",
+                "set exactly one of spec.template (the operator creates the pods) and "
+                "spec.workload (the run attaches to pods another controller creates)",
             ),
             (
                 "has(self.template) || self.numNodes == 1",
-                "numNodes applies to runs with a template; an attached workload sizes itself",
+                "spec.numNodes applies to runs with a template; a workload sizes itself",
             ),
             (
                 "has(self.workload) == has(oldSelf.workload)",
-                "a run cannot switch between template and workload",
+                "a run cannot switch between spec.template and spec.workload",
             ),
         )
     )
