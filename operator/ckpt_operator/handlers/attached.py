@@ -35,9 +35,8 @@ from ckpt_operator.handlers.indexes import AttemptPods, CheckpointsByRun
 from ckpt_operator.handlers.runtime import Logger, runtime
 from ckpt_operator.handlers.selectors import TRAINING_RUNS, attached
 from ckpt_operator.kube import client as kube
-from ckpt_operator.policy import attempts
-from ckpt_operator.policy.attempts import Note
 from ckpt_operator.policy.observed import announcements, observe
+from ckpt_operator.policy.run_state import INVALID_SPEC, STORE_NOT_ALLOWED, Note
 from ckpt_operator.storage.store import Store, StoreError
 
 RESYNC_S = 30.0
@@ -112,11 +111,11 @@ def _store_root(
     try:
         spec = TrainingRunSpec.model_validate(raw_spec)
     except ValidationError as exc:
-        return "", (attempts.INVALID_SPEC, str(exc.errors()[0]["msg"]))
+        return "", (INVALID_SPEC, str(exc.errors()[0]["msg"]))
     try:
         return Store.from_uri(spec.store.uri, allowed_roots=config.allowed_roots).root_uri, None
     except StoreError as exc:
-        return "", (attempts.STORE_NOT_ALLOWED, str(exc))
+        return "", (STORE_NOT_ALLOWED, str(exc))
 
 
 @kopf.daemon(*TRAINING_RUNS, id="observe", cancellation_timeout=5.0, when=attached)  # type: ignore[arg-type]  # see indexes

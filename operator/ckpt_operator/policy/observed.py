@@ -36,9 +36,9 @@ from datetime import UTC, datetime, timedelta
 
 from ckpt_operator.api import conditions
 from ckpt_operator.api.models import AttemptStatus, Condition, TrainingRunStatus, WorkerStatus
-from ckpt_operator.policy.attempts import FAILED, PROGRESSING, READY, Note, Triple
 from ckpt_operator.policy.gang import POD_DELETED
 from ckpt_operator.policy.resume import Resume, ResumePlan, checkpoint_ref, resume_plan
+from ckpt_operator.policy.run_state import FAILED, PROGRESSING, READY, Note, Triple
 from ckpt_operator.storage import layout
 from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.pod import AttemptPod
