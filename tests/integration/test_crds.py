@@ -60,6 +60,7 @@ _DELETE = object()
 
 INVALID_RUNS = [
     ("spec.template", _DELETE, "spec.template"),
+    ("spec.workload", {}, "spec.workload"),
     ("spec.template.spec.containers", [], "spec.template.spec.containers"),
     ("spec.store", _DELETE, "spec.store"),
     ("spec.store.uri", "http://example.com/x", "spec.store.uri"),

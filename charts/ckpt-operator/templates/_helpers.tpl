@@ -78,6 +78,15 @@ that deserve a message saying what to do.
 {{- fail (printf "watchNamespaces: %q is not a namespace name (exact names only, no globs: a Role is created in each)" .) }}
 {{- end }}
 {{- end }}
+{{- if .Values.webhook.enabled }}
+{{- if gt (int .Values.replicas) 1 }}
+{{- fail "webhook.enabled needs replicas: 1 (a hot-standby replica has no indexes and could not answer admission requests the Service sends it)" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "ckpt-operator.webhookName" -}}
+{{- printf "%s-webhook" (include "ckpt-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{/*

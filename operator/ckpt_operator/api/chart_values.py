@@ -105,6 +105,23 @@ class Liveness(Values):
     probe: dict[str, int] = Field(description="livenessProbe timings, e.g. periodSeconds.")
 
 
+class CertManager(Values):
+    enabled: bool = Field(description="Certificates from cert-manager instead of Helm's genCA.")
+    issuer_ref: KubeObject = Field(description="Issuer/ClusterIssuer; empty: a self-signed one.")
+
+
+class Webhook(Values):
+    enabled: bool = Field(description="Serve the attach webhook (spec.workload runs).")
+    port: int = Field(ge=1, le=65535, description="Port the operator serves it on.")
+    failure_policy: Literal["Ignore", "Fail"] = Field(
+        description="What the API server does when the operator cannot answer."
+    )
+    timeout_seconds: int = Field(ge=1, le=30, description="Seconds the API server waits.")
+    namespace_selector: KubeObject = Field(description="Namespaces whose pods it sees.")
+    cert_validity_days: int = Field(ge=1)
+    cert_manager: CertManager
+
+
 class ChartValues(Values):
     """The values of the ckpt-operator chart (values.yaml and the user's, merged)."""
 
@@ -126,6 +143,7 @@ class ChartValues(Values):
     user_roles: Toggle = Field(description="Aggregated view/edit ClusterRoles.")
     metrics: Metrics
     liveness: Liveness
+    webhook: Webhook
     extra_args: list[str] = Field(description="Appended to `ckpt-operator run`.")
     env: list[KubeObject]
     env_from: list[KubeObject]

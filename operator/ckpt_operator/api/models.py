@@ -224,10 +224,58 @@ class Consumers(Model):
     )
 
 
+class Workload(Model):
+    """Pods another controller creates (a Job, a JobSet, a TrainJob): the run attaches to them.
+
+    A pod opts in with the label ``ckpt.dev/run: <run>`` in its template; the admission
+    webhook then gives it the ``CKPT_*`` environment at creation (docs/attach.md).
+    """
+
+    selector: LabelSelector | None = Field(
+        default=None,
+        description="Narrows which pods labelled ckpt.dev/run=<run> are the run's workers; "
+        "default: all of them. Opted-in pods that do not match are refused.",
+    )
+    attempt_label: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=317,
+        description="Pod label numbering the workload controller's restarts: pods with the "
+        "same value form one attempt (default: jobset.sigs.k8s.io/restart-attempt when the pod "
+        "has it). Without one, a pod replacing an earlier pod of the same Job index starts a "
+        "new attempt.",
+    )
+
+
 class TrainingRunSpec(Model):
     """A training job whose attempts resume from the newest valid checkpoint of any attempt."""
 
-    template: PodTemplate
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "has(self.template) != has(self.workload)",
+                "set exactly one of spec.template (the operator creates the pods) and "
+                "spec.workload (the run attaches to pods another controller creates)",
+            ),
+            (
+                "has(self.template) || self.numNodes == 1",
+                "spec.numNodes applies to runs with a template; a workload sizes itself",
+            ),
+            (
+                "has(self.workload) == has(oldSelf.workload)",
+                "a run cannot switch between spec.template and spec.workload",
+            ),
+        )
+    )
+
+    template: PodTemplate | None = Field(
+        default=None, description="The trainer pod the operator creates for every attempt."
+    )
+    workload: Workload | None = Field(
+        default=None,
+        description="Attach to pods another controller creates instead of creating them: "
+        "restarts stay that controller's, resume points, status and GC are the operator's.",
+    )
     store: Store
     num_nodes: int = Field(
         default=1,
@@ -294,6 +342,11 @@ class AttemptStatus(Model):
     )
     workers: list[WorkerStatus] | None = Field(
         default=None, description="Every worker's outcome (numNodes > 1), once the attempt ended."
+    )
+    key: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Attached runs: what groups the workload's pods into this attempt.",
     )
 
 

@@ -26,6 +26,9 @@ LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_NODE_RANK = f"{GROUP}/node-rank"
 LABEL_STEP = f"{GROUP}/step"
 LABEL_CONSUMER_OF = f"{GROUP}/consumer-of"
+LABEL_WEBHOOK = f"{GROUP}/webhook"
+"""On a namespace: ``enabled`` lets the admission webhook see its pods labelled ``ckpt.dev/run``."""
+WEBHOOK_ENABLED = "enabled"
 
 # --- annotations ------------------------------------------------------------------------------
 ANNOTATION_LOADED_STEP = f"{GROUP}/loaded-step"
@@ -49,6 +52,10 @@ ANNOTATION_STORE_SECRET = f"{GROUP}/store-secret"
 """On a Checkpoint: the Secret with the store's credentials, for the same reason."""
 KOPF_PREFIX = GROUP
 """Prefix of Kopf's own progress and diff-base annotations."""
+WEBHOOK_PATH = "inject"
+"""The admission handler's id, which Kopf's webhook server serves at ``/inject``."""
+WEBHOOK_NAME = f"inject.pods.{GROUP}"
+"""The webhook's name in the MutatingWebhookConfiguration (and in the API server's errors)."""
 
 # --- env of attempt pods (the contract with trainer code) ------------------------------------
 ENV_RUN = "CKPT_RUN"

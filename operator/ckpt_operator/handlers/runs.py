@@ -32,7 +32,7 @@ from ckpt_operator.api.models import TrainingRunSpec, TrainingRunStatus
 from ckpt_operator.config import OperatorConfig
 from ckpt_operator.handlers.indexes import AttemptPods, CheckpointsByRun
 from ckpt_operator.handlers.runtime import Logger, runtime
-from ckpt_operator.handlers.selectors import TRAINING_RUNS
+from ckpt_operator.handlers.selectors import TRAINING_RUNS, managed
 from ckpt_operator.handlers.wakeups import RunWakeups
 from ckpt_operator.kube import client as kube
 from ckpt_operator.kube.trainer import build_pod, build_service, validate_template
@@ -345,7 +345,7 @@ class _Gone(Exception):
     """The run was deleted while we decided."""
 
 
-@kopf.daemon(*TRAINING_RUNS, id="attempts", cancellation_timeout=5.0)  # type: ignore[arg-type]  # see indexes
+@kopf.daemon(*TRAINING_RUNS, id="attempts", cancellation_timeout=5.0, when=managed)  # type: ignore[arg-type]  # see indexes
 async def run_attempts(
     body: kopf.Body,
     memo: kopf.Memo,

@@ -48,6 +48,12 @@ GO_INSTALLABLE_DIRS = {
     ),
 }
 
+# Controllers built from their own modules through a wrapper module that requires them:
+# ``go install module@version`` also asks the module proxy for the module's version list (its
+# deprecation check), which not every proxy or mirror serves. Their CRDs come from the same
+# module source and are cached beside the binary (``<name>-crds/``).
+GO_MODULES = {"jobset-controller": ("sigs.k8s.io/jobset", "v0.10.1", "config/components/crd/bases")}
+
 _KUBE_PACKAGES = {
     "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
     "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
@@ -61,7 +67,7 @@ _KUBE_PACKAGES = {
 }
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kwok")
 NODE = ("kubelet", "kube-scheduler", "kube-proxy", "cni-plugins")
-ALL_BINARIES = (*_KUBE_PACKAGES, *GO_INSTALLABLE, *GO_INSTALLABLE_DIRS)
+ALL_BINARIES = (*_KUBE_PACKAGES, *GO_INSTALLABLE, *GO_INSTALLABLE_DIRS, *GO_MODULES)
 
 
 class BinaryBuildError(RuntimeError):
@@ -165,6 +171,8 @@ def _build(names: list[str], version: str) -> None:
     if kube:
         _build_kube(kube, version, out)
     for name in names:
+        if name in GO_MODULES:
+            _build_module(name, version)
         if name in GO_INSTALLABLE:
             _run(
                 [_go(), "install", "-trimpath", GO_INSTALLABLE[name]],
@@ -184,6 +192,35 @@ def _build(names: list[str], version: str) -> None:
                 env={"GOBIN": str(out / subdir), "CGO_ENABLED": "0"},
             )
     log.info("built %s in %.0f s into %s", names, time.monotonic() - started, out)
+
+
+def crd_dir(name: str, version: str = KUBERNETES_VERSION) -> Path:
+    """Where the CRDs of a controller in ``GO_MODULES`` are cached (after ``ensure_binaries``)."""
+    return cache_dir(version) / f"{name}-crds"
+
+
+def _build_module(name: str, version: str) -> None:
+    module, tag, crds = GO_MODULES[name]
+    out = cache_dir(version)
+    work = out / f"{name}-build"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "go.mod").write_text(
+        f"module ckpt-operator.local/{name}\n\ngo 1.24\n\nrequire {module} {tag}\n"
+    )
+    (work / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{module}"\n')
+    _run([_go(), "mod", "tidy"], cwd=work)
+    _run(
+        [_go(), "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / name), module],
+        cwd=work,
+        env={"CGO_ENABLED": "0"},
+    )
+    source = Path(
+        json.loads(_run([_go(), "mod", "download", "-json", f"{module}@{tag}"], cwd=work))["Dir"]
+    )
+    target = crd_dir(name, version)
+    target.mkdir(parents=True, exist_ok=True)
+    for crd in sorted((source / crds).glob("*.yaml")):
+        (target / crd.name).write_bytes(crd.read_bytes())
 
 
 def _staging_modules(version: str, workdir: Path) -> list[str]:
