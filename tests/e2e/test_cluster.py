@@ -117,21 +117,24 @@ def release(e2e: E2E, api: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     values.write_text(yaml.safe_dump(_values(e2e)))
     installed = False
     try:
-        _helm(
-            e2e,
-            "install",
-            RELEASE,
-            str(CHART),
-            "--namespace",
-            OPERATOR_NAMESPACE,
-            "--create-namespace",
-            "--values",
-            str(values),
-            "--wait",
-            "--timeout",
-            "5m",
-            timeout=360,
-        )
+        try:
+            _helm(
+                e2e,
+                "install",
+                RELEASE,
+                str(CHART),
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--create-namespace",
+                "--values",
+                str(values),
+                "--wait",
+                "--timeout",
+                "5m",
+                timeout=360,
+            )
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{_operator_namespace_diag(api)}") from None
         installed = True
         yield values
     finally:
@@ -213,6 +216,24 @@ def _operator_logs(api: Any) -> str:
             text = f"(no log: {error})"
         chunks.append(f"--- operator {pod.metadata.name} ({pod.status.phase})\n{text[-4000:]}")
     return "\n".join(chunks) or "(no operator pods)"
+
+
+def _operator_namespace_diag(api: Any) -> str:
+    """Why the operator's pod is not ready: its conditions, container states, the events."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    parts = [_operator_logs(api)]
+    for pod in core.list_namespaced_pod(OPERATOR_NAMESPACE).items:
+        conditions = [(c.type, c.status, c.reason, c.message) for c in pod.status.conditions or []]
+        states = [
+            (s.name, s.ready, s.restart_count, s.state.to_dict() if s.state else None)
+            for s in pod.status.container_statuses or []
+        ]
+        parts.append(f"--- pod {pod.metadata.name} {pod.status.phase} {conditions} {states}")
+    for event in core.list_namespaced_event(OPERATOR_NAMESPACE).items:
+        parts.append(f"event {event.involved_object.name}: {event.reason} {event.message}")
+    return "\n".join(parts)
 
 
 def _diag(api: Any, run: str | None = None) -> Callable[[], str]:

@@ -949,7 +949,10 @@ def test_operator_runs_with_only_the_charts_rbac(
         refused = [
             line
             for line in messages
-            if "403" in line or "Forbidden" in line or "permission" in line.lower()
+            if ("403" in line or "Forbidden" in line or "permission" in line.lower())
+            # A cluster-wide operator sees other tests' namespaces while they terminate:
+            # the API server refuses new Events there, which is not an RBAC refusal.
+            and "NamespaceTerminating" not in line
         ]
         assert not refused, "the operator was refused something:\n" + "\n".join(refused)
     finally:
