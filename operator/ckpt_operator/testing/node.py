@@ -19,10 +19,7 @@ Images persist in containerd's root under the user cache, so a warm start import
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime as dt
-import fcntl
 import ipaddress
 import json
 import logging
@@ -37,24 +34,32 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ckpt_operator.testing import binaries, pki
 from ckpt_operator.testing.controlplane import ControlPlane, ControlPlaneError, free_port, http_ok
 from ckpt_operator.testing.docker import ensure_commands, unmount_under
+from ckpt_operator.testing.node_host import (
+    BRIDGE,
+    CGROUP_ROOT,
+    KUBERNETES_SERVICE_IP,
+    NODE_IP,
+    NODE_NAME,
+    POD_CIDR,
+    SERVICE_CIDR,
+    cache_root,
+    cgroup_driver,
+    cni_config,
+    containerd_config,
+    node_lock,
+    qualified,
+    read_sysctls,
+    remove_kubelet_chains,
+    remove_kubepods_cgroups,
+    run_command,
+    write_sysctls,
+)
 
 log = logging.getLogger(__name__)
-
-NODE_NAME = "ckpt-e2e-node"
-BRIDGE = "ckpt-e2e0"
-POD_CIDR = "10.244.0.0/24"
-NODE_IP = "10.244.0.1"
-SERVICE_CIDR = "10.96.0.0/24"
-KUBERNETES_SERVICE_IP = "10.96.0.1"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 class NodeUnavailable(RuntimeError):
@@ -76,81 +81,6 @@ def node_problem() -> str | None:
     return None
 
 
-def cache_root() -> Path:
-    return binaries.cache_dir().parents[1]
-
-
-@dataclass(frozen=True)
-class _Serving:
-    ca_bundle: Path  # the client CA and the serving CA: what clients and pods trust
-    cert: Path
-    key: Path
-
-
-def _serving_pki(directory: Path, client_ca: Path) -> _Serving:
-    """A serving CA and an apiserver cert valid for the node IP and the Service IP too."""
-    now = dt.datetime.now(dt.UTC)
-
-    def builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey) -> Any:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=30))
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ckpt-e2e-serving-ca")])
-    ca = (
-        builder(ca_name, ca_name, ca_key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
-    names.append("kubernetes.default.svc.cluster.local")
-    ips = ["127.0.0.1", NODE_IP, KUBERNETES_SERVICE_IP]
-    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    cert = (
-        builder(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]), ca_name, key
-        )
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    serving = _Serving(
-        directory / "ca-bundle.crt", directory / "serving.crt", directory / "serving.key"
-    )
-    serving.ca_bundle.write_bytes(
-        client_ca.read_bytes() + ca.public_bytes(serialization.Encoding.PEM)
-    )
-    serving.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    serving.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    serving.key.chmod(0o600)
-    return serving
-
-
-def _run(
-    args: list[str], *, timeout: float = 120, check: bool = True, input: bytes | None = None
-) -> str:
-    proc = subprocess.run(args, capture_output=True, timeout=timeout, input=input)
-    if check and proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace")[-2000:]
-        raise ControlPlaneError(f"{' '.join(args)} failed ({proc.returncode}): {err}")
-    return proc.stdout.decode(errors="replace")
-
-
 @dataclass
 class KubeletCluster(ControlPlane):
     """The control plane plus one real node (containerd + kubelet + kube-proxy + scheduler)."""
@@ -158,7 +88,7 @@ class KubeletCluster(ControlPlane):
     controller_manager: bool = True
     node_name: str = NODE_NAME
     node_timeout: float = 180.0
-    _serving: _Serving | None = None
+    _serving: pki.Serving | None = None
     _state: tempfile.TemporaryDirectory[str] | None = None
     # The pod sandbox ("pause") image; it must be imported before pods start.
     sandbox_image: str = "registry.k8s.io/pause:3.10"
@@ -188,7 +118,7 @@ class KubeletCluster(ControlPlane):
         )
         # One node per machine at a time: the bridge, the pod network and containerd's root
         # are the machine's. A second session (another worktree's tests) waits here.
-        self._lock = _node_lock()
+        self._lock = node_lock()
         try:
             self._make_bridge()
             super().start()
@@ -208,25 +138,25 @@ class KubeletCluster(ControlPlane):
         if any(p.name == "kubelet" for p in self.processes):
             self._delete_all_pods()
         self._stop_named("kube-proxy", "kubelet")
-        _write_sysctls(self._sysctls)
+        write_sysctls(self._sysctls)
         self._sysctls = {}
         if self.containerd_socket.exists():
             self.sweep_containers()
         super().stop()
         kube_proxy = binaries.find_binary("kube-proxy")
         if kube_proxy is not None and self._node_processes:
-            _run([str(kube_proxy), "--cleanup"], check=False)
+            run_command([str(kube_proxy), "--cleanup"], check=False)
         if self._node_processes:
-            _remove_kubelet_chains()
+            remove_kubelet_chains()
         self._node_processes.clear()
-        _run(["ip", "link", "delete", BRIDGE], check=False)
+        run_command(["ip", "link", "delete", BRIDGE], check=False)
         if self.workdir is not None:
             unmount_under(self.workdir)
         if self._state is not None:
             unmount_under(Path(self._state.name))
             self._state.cleanup()
             self._state = None
-        _remove_kubepods_cgroups()
+        remove_kubepods_cgroups()
         if self._lock is not None:
             self._lock.close()  # releases the flock
             self._lock = None
@@ -271,10 +201,10 @@ class KubeletCluster(ControlPlane):
         Only ``ckpt-operator:e2e-*`` tags of ``ckpt-operator`` count as ours.
         """
         targets = self.image_targets()
-        wanted = {_qualified(ref) for ref in keep}
+        wanted = {qualified(ref) for ref in keep}
         kept_targets = {targets[name] for name in wanted if name in targets}
-        prefixes = tuple(_qualified(repo) + ":" for repo in repositories)
-        operator = _qualified("ckpt-operator") + ":"
+        prefixes = tuple(qualified(repo) + ":" for repo in repositories)
+        operator = qualified("ckpt-operator") + ":"
         for name, target in targets.items():
             if name in wanted:
                 continue
@@ -297,7 +227,7 @@ class KubeletCluster(ControlPlane):
         except ControlPlaneError:
             return
         for container in containers:
-            _run(
+            run_command(
                 [
                     "ctr",
                     f"--address={self.containerd_socket}",
@@ -309,7 +239,7 @@ class KubeletCluster(ControlPlane):
                 ],
                 check=False,
             )
-            _run(
+            run_command(
                 [
                     "ctr",
                     f"--address={self.containerd_socket}",
@@ -325,18 +255,20 @@ class KubeletCluster(ControlPlane):
 
     def _make_bridge(self) -> None:
         """The pods' bridge with the node IP on it; the CNI bridge plugin reuses it."""
-        _run(["ip", "link", "delete", BRIDGE], check=False)
-        _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        run_command(["ip", "link", "delete", BRIDGE], check=False)
+        run_command(["ip", "link", "add", BRIDGE, "type", "bridge"])
         prefix = ipaddress.ip_network(POD_CIDR).prefixlen
-        _run(["ip", "addr", "add", f"{NODE_IP}/{prefix}", "dev", BRIDGE])
-        _run(["ip", "link", "set", BRIDGE, "up"])
+        run_command(["ip", "addr", "add", f"{NODE_IP}/{prefix}", "dev", BRIDGE])
+        run_command(["ip", "link", "set", BRIDGE, "up"])
         self._node_processes.append("bridge")
 
     # -- control plane overrides -----------------------------------------------------------------
 
     def _start_apiserver(self, apiserver: Path, certs: pki.Pki, etcd_url: str) -> None:
         assert self.workdir is not None
-        self._serving = _serving_pki(self.workdir / "pki", certs.ca_cert)
+        self._serving = pki.serving_for(
+            self.workdir / "pki", certs.ca_cert, [NODE_IP, KUBERNETES_SERVICE_IP]
+        )
         port = free_port()
         self.server = f"https://{NODE_IP}:{port}"
         self._spawn(
@@ -407,10 +339,10 @@ class KubeletCluster(ControlPlane):
         root.mkdir(parents=True, exist_ok=True)
         cni_conf = self.workdir / "cni" / "net.d"
         cni_conf.mkdir(parents=True, exist_ok=True)
-        (cni_conf / "10-ckpt-e2e.conflist").write_text(json.dumps(_cni_config(self.workdir)))
+        (cni_conf / "10-ckpt-e2e.conflist").write_text(json.dumps(cni_config(self.workdir)))
         config = self.workdir / "containerd.toml"
         config.write_text(
-            _containerd_config(
+            containerd_config(
                 root=root,
                 state=state,
                 socket=self.containerd_socket,
@@ -428,7 +360,7 @@ class KubeletCluster(ControlPlane):
         self.sweep_containers()
 
     def ctr(self, *args: str, timeout: float = 600, input: bytes | None = None) -> str:
-        return _run(
+        return run_command(
             ["ctr", f"--address={self.containerd_socket}", "--namespace=k8s.io", *args],
             timeout=timeout,
             input=input,
@@ -445,7 +377,7 @@ class KubeletCluster(ControlPlane):
         return set(self.ctr("images", "list", "--quiet").split())
 
     def has_image(self, ref: str) -> bool:
-        return _qualified(ref) in self.image_names()
+        return qualified(ref) in self.image_names()
 
     def import_image(self, stream: Any, ref: str) -> None:
         """Import a ``docker save`` stream (a readable pipe) into the k8s.io namespace."""
@@ -499,7 +431,7 @@ class KubeletCluster(ControlPlane):
                 "x509": {"clientCAFile": str(self.workdir / "pki" / "ca.crt")},
             },
             "authorization": {"mode": "AlwaysAllow"},
-            "cgroupDriver": _cgroup_driver(),
+            "cgroupDriver": cgroup_driver(),
             "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
             "failSwapOn": False,
             # Lowering its own oom_score_adj needs CAP_SYS_RESOURCE (see the containerd config).
@@ -528,7 +460,7 @@ class KubeletCluster(ControlPlane):
         config_path = self.workdir / "kubelet.yaml"
         config_path.write_text(yaml.safe_dump(config))
         # The kubelet sets these kernel tunables for itself; stop() puts them back.
-        self._sysctls = _read_sysctls()
+        self._sysctls = read_sysctls()
         self._node_processes.append("kubelet")
         process = self._spawn(
             "kubelet",
@@ -601,148 +533,3 @@ class KubeletCluster(ControlPlane):
             f"node {self.node_name} not Ready after {self.node_timeout:.0f} s ({last}); "
             f"kubelet log: {kubelet.log_path}\n{kubelet.tail(40)}"
         )
-
-
-def _node_lock() -> IO[str]:
-    path = cache_root() / "e2e-node.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "w")  # noqa: SIM115 - held until stop()
-    log.info("waiting for %s (one e2e node per machine)", path)
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
-
-
-def _qualified(ref: str) -> str:
-    """containerd's name for an image reference (``docker.io/library/`` as Docker means it)."""
-    name = ref
-    first = name.split("/", 1)[0]
-    if "/" not in name:
-        name = f"docker.io/library/{name}"
-    elif "." not in first and ":" not in first and first != "localhost":
-        name = f"docker.io/{name}"
-    return name
-
-
-def _cgroup_driver() -> str:
-    return "cgroupfs"
-
-
-def _cni_config(workdir: Path) -> dict[str, Any]:
-    return {
-        "cniVersion": "1.0.0",
-        "name": "ckpt-e2e",
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": BRIDGE,
-                "isGateway": True,
-                "ipMasq": True,
-                "hairpinMode": True,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": POD_CIDR, "gateway": NODE_IP}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": str(workdir / "cni" / "ipam"),
-                },
-            },
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    }
-
-
-def _containerd_config(
-    *, root: Path, state: Path, socket: Path, cni_bin: Path, cni_conf: Path, pause: str
-) -> str:
-    cri = 'plugins."io.containerd.grpc.v1.cri"'
-    return f"""version = 2
-root = "{root}"
-state = "{state}"
-[grpc]
-  address = "{socket}"
-[ttrpc]
-  address = "{state}/containerd.ttrpc.sock"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{state}/opt"
-[{cri}]
-  sandbox_image = "{pause}"
-  # No container gets an oom_score_adj below containerd's own: lowering it needs
-  # CAP_SYS_RESOURCE, which machines like this one do not grant even to root.
-  restrict_oom_score_adj = true
-  disable_apparmor = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-[{cri}.containerd]
-  snapshotter = "overlayfs"
-  default_runtime_name = "runc"
-[{cri}.containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-[{cri}.containerd.runtimes.runc.options]
-  SystemdCgroup = false
-[{cri}.cni]
-  bin_dir = "{cni_bin}"
-  conf_dir = "{cni_conf}"
-"""
-
-
-def _remove_kubepods_cgroups() -> None:
-    """rmdir the (empty, once every pod is gone) cgroups kubelet made, deepest first."""
-    for top in [CGROUP_ROOT, *sorted(p for p in CGROUP_ROOT.iterdir() if p.is_dir())]:
-        kubepods = top / "kubepods"
-        if not kubepods.is_dir():
-            continue
-        for path in sorted(
-            (p for p in kubepods.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
-        ):
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        with contextlib.suppress(OSError):
-            kubepods.rmdir()
-
-
-# iptables chains the kubelet makes for itself (kube-proxy --cleanup removes only its own).
-_KUBELET_CHAINS = {
-    "filter": ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY"),
-    "nat": ("KUBE-KUBELET-CANARY",),
-    "mangle": ("KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT"),
-}
-
-
-def _remove_kubelet_chains() -> None:
-    for tool in ("iptables", "ip6tables"):
-        if shutil.which(tool) is None:
-            continue
-        for table, chains in _KUBELET_CHAINS.items():
-            for chain in chains:
-                for parent in ("INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"):
-                    _run([tool, "-t", table, "-D", parent, "-j", chain], check=False)
-                _run([tool, "-t", table, "-F", chain], check=False)
-                _run([tool, "-t", table, "-X", chain], check=False)
-
-
-# What the kubelet's container manager sets at start (setupKernelTunables).
-_KUBELET_SYSCTLS = (
-    "vm/overcommit_memory",
-    "vm/panic_on_oom",
-    "kernel/panic",
-    "kernel/panic_on_oops",
-    "kernel/keys/root_maxkeys",
-    "kernel/keys/root_maxbytes",
-)
-
-
-def _read_sysctls() -> dict[str, str]:
-    values = {}
-    for name in _KUBELET_SYSCTLS:
-        with contextlib.suppress(OSError):
-            values[name] = (Path("/proc/sys") / name).read_text().strip()
-    return values
-
-
-def _write_sysctls(values: dict[str, str]) -> None:
-    for name, value in values.items():
-        with contextlib.suppress(OSError):
-            (Path("/proc/sys") / name).write_text(value)
