@@ -27,26 +27,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, watch
+from kubernetes import client
 
 from ckpt_operator.api import crdgen, names
 from ckpt_operator.storage import layout
 from ckpt_operator.testing.checkpoints import write_checkpoint
 from ckpt_operator.testing.cluster import run_body
 from ckpt_operator.testing.controlplane import ControlPlane, api_client
+from ckpt_operator.testing.measure import PodWatch, fail_all, percentile, request_counts
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.waiting import wait_for
 
@@ -58,83 +56,6 @@ RELEVANT = ("pods", "trainingruns", "checkpoints", "events")
 
 def log(message: str) -> None:
     print(message, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
-class PodWatch:
-    """Records when this client first sees each pod (ADDED), from a background thread."""
-
-    def __init__(self, api: Any, label_selector: str) -> None:
-        self.core = client.CoreV1Api(api)
-        self.seen: dict[str, float] = {}
-        self.lock = threading.Lock()
-        self.label_selector = label_selector
-        self._stop = threading.Event()
-        listing = self.core.list_namespaced_pod(NS, label_selector=label_selector)
-        self.version = listing.metadata.resource_version
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            w = watch.Watch()
-            for event in w.stream(
-                self.core.list_namespaced_pod,
-                NS,
-                label_selector=self.label_selector,
-                resource_version=self.version,
-                timeout_seconds=30,
-            ):
-                now = time.monotonic()
-                pod = event["object"]
-                self.version = pod.metadata.resource_version
-                if event["type"] == "ADDED":
-                    with self.lock:
-                        self.seen.setdefault(pod.metadata.name, now)
-                if self._stop.is_set():
-                    w.stop()
-                    break
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def failed_status() -> dict[str, Any]:
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return {
-        "status": {
-            "phase": "Failed",
-            "containerStatuses": [
-                {
-                    "name": "trainer",
-                    "image": "trainer:latest",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": now}},
-                }
-            ],
-        }
-    }
-
-
-def fail_all(api: Any, pods: Iterable[str], workers: int = 16) -> dict[str, float]:
-    """Mark pods Failed concurrently; returns each pod's time just before its write."""
-    core = client.CoreV1Api(api)
-    started: dict[str, float] = {}
-
-    def fail(name: str) -> None:
-        started[name] = time.monotonic()
-        core.patch_namespaced_pod_status(name, NS, failed_status())
-
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(fail, pods))
-    return started
 
 
 def latencies(
@@ -201,29 +122,6 @@ def floor_pod(name: str) -> dict[str, Any]:
 
 
 # --- API request accounting -------------------------------------------------------------------
-
-_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
-
-
-def request_counts(api: Any) -> Counter[tuple[str, str, str]]:
-    """``(resource/subresource, verb, code) -> count`` from the API server's /metrics."""
-    response = api.call_api("GET", api.configuration.host + "/metrics")
-    response.read()
-    counts: Counter[tuple[str, str, str]] = Counter()
-    for line in response.data.decode().splitlines():
-        match = _SAMPLE.match(line)
-        if not match:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
-        if labels.get("verb") == "WATCH":
-            continue
-        resource = labels.get("resource", "")
-        if labels.get("subresource"):
-            resource += "/" + labels["subresource"]
-        counts[(resource, labels.get("verb", ""), labels.get("code", ""))] += int(
-            float(match["value"])
-        )
-    return counts
 
 
 def workers(run: str, attempt: int, nodes: int) -> list[str]:
@@ -345,7 +243,7 @@ def measure_cost(
     )
     time.sleep(3)  # let the operator settle
     before = request_counts(api)
-    fail_all(api, [names.attempt_pod_name(n, 0, nodes - 1, nodes) for n in run_names])
+    fail_all(api, NS, [names.attempt_pod_name(n, 0, nodes - 1, nodes) for n in run_names])
     second = [p for n in run_names for p in workers(n, 1, nodes)]
     wait_for(lambda: pods_exist(api, second), 60, "restarts")
     wait_for(lambda: runs_at(api, run_names, 1), 60, "attempt 1 recorded", 0.1)
@@ -396,9 +294,9 @@ def main() -> None:
             everyone = [p for r in runs for p in workers(r, 0, nodes)]
             wait_for(lambda: pods_exist(api, everyone), 300, "attempt-0 pods")
             time.sleep(2)
-            watcher = PodWatch(api, names.LABEL_RUN)
+            watcher = PodWatch(api, NS, names.LABEL_RUN)
             victims = {names.attempt_pod_name(r, 0, nodes - 1, nodes): r for r in runs}
-            started = fail_all(api, victims)
+            started = fail_all(api, NS, victims)
             successors = {v: workers(r, 1, nodes) for v, r in victims.items()}
             wait_for(
                 lambda: all(p in watcher.seen for ps in successors.values() for p in ps),
@@ -463,8 +361,8 @@ def measure_floor(
             list(pool.map(lambda n: core.create_namespaced_pod(NS, floor_pod(n)), floor_pods))
         wait_for(lambda: pods_exist(api, floor_pods), 120, "floor pods")
         time.sleep(2)
-        watcher = PodWatch(api, FLOOR_LABEL)
-        started = fail_all(api, floor_pods)
+        watcher = PodWatch(api, NS, FLOOR_LABEL)
+        started = fail_all(api, NS, floor_pods)
         wait_for(lambda: all(nxt(p) in watcher.seen for p in floor_pods), 300, "floor", 0.05)
         watcher.stop()
         return latencies(started, watcher.seen, nxt)

@@ -22,6 +22,7 @@ from ckpt_operator.policy.deletion import deletion_blockers
 from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.pod import AttemptPod, ConsumerView, failure_of, waiting_reason
 from ckpt_operator.views.run import RunView
+from ckpt_operator.views.workload import AdmittedPod
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -136,6 +137,7 @@ def test_views_of_hostile_bodies_and_decisions_on_them_never_raise(
     assert view.report_timeout_s > 0
     consumer = ConsumerView.from_body(pod)
     AttemptPod.from_body(pod)
+    AdmittedPod.from_body(pod, "ns")
     found = consumers_of(view.name, view.selector, [consumer])
     deletion_blockers(info, run=view, siblings=[info], consumers=found, now=NOW)
     retention.expired([info], view.retention, protected=view.resume_targets)

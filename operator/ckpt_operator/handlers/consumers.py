@@ -17,7 +17,7 @@ import kopf
 from ckpt_operator import metrics
 from ckpt_operator.api import conditions, names
 from ckpt_operator.api.models import MAX_STEP
-from ckpt_operator.handlers.indexes import PodsByNamespace
+from ckpt_operator.handlers.indexes import ConsumersByRun, PodsByNamespace
 from ckpt_operator.handlers.runtime import Runtime
 from ckpt_operator.policy.consumers import consumers_of, is_silent
 from ckpt_operator.views.pod import ConsumerView
@@ -27,22 +27,27 @@ CONSUMERS_HEALTHY = "ConsumersHealthy"
 INVALID_LOADED_STEP = "InvalidLoadedStep"
 
 
-def run_consumers(run: RunView, pods: PodsByNamespace) -> list[ConsumerView]:
-    """The pods matching the run's consumer selector."""
+def run_consumers(
+    run: RunView, by_run: ConsumersByRun, pods: PodsByNamespace
+) -> list[ConsumerView]:
+    """The pods matching the run's consumer selector: by its default label straight from
+    ``consumers_by_run``; a custom selector is matched against the namespace's pods."""
+    if not run.selector:
+        return list(by_run.get((run.namespace, run.name), []))
     return consumers_of(run.name, run.selector, pods.get(run.namespace, []))
 
 
 def consumer_health(
     body: kopf.Body,
     run: RunView,
-    pods: PodsByNamespace,
+    consumers: list[ConsumerView],
     status: kopf.Status,
     now: datetime,
     state: Runtime,
 ) -> dict[str, Any] | None:
     """Flag consumers silent past ``reportTimeoutSeconds``: a Warning Event for each newly
     silent one and ``ConsumersHealthy``; returns the status patch, or None if unchanged."""
-    consumers = [c for c in run_consumers(run, pods) if c.live]
+    consumers = [c for c in consumers if c.live]
     silent = [c for c in consumers if is_silent(c, now, run.report_timeout_s)]
     key = (run.namespace, run.name)
     state.bad_reports[key] = _warn_bad_reports(body, consumers, state.bad_reports.get(key, set()))

@@ -14,15 +14,19 @@ from typing import Any, TypeVar
 
 import kopf
 
+from ckpt_operator.api import names
 from ckpt_operator.handlers.selectors import ATTEMPT_POD_LABELS, CHECKPOINTS, TRAINING_RUNS
 from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.pod import AttemptPod, ConsumerView
 from ckpt_operator.views.run import RunKey, RunView
 
 CheckpointsByRun = kopf.Index[RunKey, CheckpointInfo]
+CheckpointsByName = kopf.Index[tuple[str, str], CheckpointInfo]
+CheckpointsByFiles = kopf.Index[tuple[str, str, str], CheckpointInfo]
 RunsByKey = kopf.Index[RunKey, RunView]
 AttemptPods = kopf.Index[RunKey, AttemptPod]
 PodsByNamespace = kopf.Index[str, ConsumerView]
+ConsumersByRun = kopf.Index[RunKey, ConsumerView]
 
 
 @kopf.index(*CHECKPOINTS)
@@ -32,6 +36,24 @@ async def checkpoints_by_run(
     """Every Checkpoint, grouped by its run: ``checkpoints_by_run[(ns, run)]``."""
     info = CheckpointInfo.from_body(body)  # never raises: a raising index function is retried
     return {(namespace or "", info.run): info}
+
+
+@kopf.index(*CHECKPOINTS)
+async def checkpoints_by_name(
+    body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> dict[tuple[str, str], CheckpointInfo]:
+    """Every Checkpoint by its name: the live record a deletion decision checks."""
+    return {(namespace or "", name): CheckpointInfo.from_body(body)}
+
+
+@kopf.index(*CHECKPOINTS)
+async def checkpoints_by_files(
+    body: kopf.Body, namespace: str | None, **_: Any
+) -> dict[tuple[str, str, str], CheckpointInfo]:
+    """Every Checkpoint by the files it names, ``[(ns, run, path)]``: which one is their record
+    (``policy.records``) is decided from these alone, not from all the run's checkpoints."""
+    info = CheckpointInfo.from_body(body)
+    return {(namespace or "", info.run, info.path): info}
 
 
 @kopf.index(*TRAINING_RUNS)
@@ -51,6 +73,14 @@ async def attempt_pods(
     if pod is None:
         return None
     return {(namespace or "", pod.run): pod}
+
+
+@kopf.index("pods", labels={names.LABEL_CONSUMER_OF: kopf.PRESENT})
+async def consumers_by_run(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> dict[RunKey, ConsumerView]:
+    """Consumers by the run their default label names: a decision reads only the run's own."""
+    return {(namespace or "", str(labels[names.LABEL_CONSUMER_OF])): ConsumerView.from_body(body)}
 
 
 @kopf.index("pods")

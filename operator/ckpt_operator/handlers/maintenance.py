@@ -23,8 +23,8 @@ import kopf
 
 from ckpt_operator import metrics
 from ckpt_operator.config import OperatorConfig
-from ckpt_operator.handlers.consumers import consumer_health
-from ckpt_operator.handlers.indexes import CheckpointsByRun, PodsByNamespace
+from ckpt_operator.handlers.consumers import consumer_health, run_consumers
+from ckpt_operator.handlers.indexes import CheckpointsByRun, ConsumersByRun, PodsByNamespace
 from ckpt_operator.handlers.runtime import Logger, runtime
 from ckpt_operator.handlers.selectors import TRAINING_RUNS
 from ckpt_operator.handlers.store_scan import register_unknown, sweep
@@ -54,13 +54,15 @@ async def maintain(
     patch: kopf.Patch,
     memo: kopf.Memo,
     checkpoints_by_run: CheckpointsByRun,
+    consumers_by_run: ConsumersByRun,
     pods_by_namespace: PodsByNamespace,
     logger: Logger,
     **_: Any,
 ) -> None:
     run = RunView.from_body(body)
     state = runtime(memo)
-    health = consumer_health(body, run, pods_by_namespace, status, datetime.now(UTC), state)
+    consumers = run_consumers(run, consumers_by_run, pods_by_namespace)
+    health = consumer_health(body, run, consumers, status, datetime.now(UTC), state)
     if health is not None:
         patch.status.update(health)
     key = (run.namespace, run.name)

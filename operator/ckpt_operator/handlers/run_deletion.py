@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 
 from ckpt_operator.handlers.consumers import run_consumers
-from ckpt_operator.handlers.indexes import CheckpointsByRun, PodsByNamespace
+from ckpt_operator.handlers.indexes import CheckpointsByRun, ConsumersByRun, PodsByNamespace
 from ckpt_operator.handlers.maintenance import report_unsafe
 from ckpt_operator.handlers.runtime import Logger, runtime
 from ckpt_operator.handlers.selectors import TRAINING_RUNS
@@ -34,6 +34,7 @@ async def delete_checkpoints(
     body: kopf.Body,
     memo: kopf.Memo,
     checkpoints_by_run: CheckpointsByRun,
+    consumers_by_run: ConsumersByRun,
     pods_by_namespace: PodsByNamespace,
     logger: Logger,
     **_: Any,
@@ -61,7 +62,7 @@ async def delete_checkpoints(
         logger.warning("store of run %s not swept: %s", run.name, exc)
         return
     entries = await asyncio.to_thread(store.list_entries)
-    consumers = run_consumers(run, pods_by_namespace)
+    consumers = run_consumers(run, consumers_by_run, pods_by_namespace)
     now = datetime.now(UTC)
     held = [
         e
@@ -76,3 +77,4 @@ async def delete_checkpoints(
     swept = await asyncio.to_thread(sweep, store, run, set(), True, memo.config, logger)
     report_unsafe(body, swept.unsafe, state.unsafe.pop(key, set()))
     state.last_scan.pop(key, None)
+    state.newest.forget(key)

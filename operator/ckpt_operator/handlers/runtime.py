@@ -7,6 +7,7 @@ the same process) starts from a fresh one: nothing leaks between runs through mo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, cast
 import kopf
 
 from ckpt_operator.handlers.wakeups import DeletionSignals, RunWakeups
+from ckpt_operator.views.newest import NewestVerified
 from ckpt_operator.views.run import RunKey
 
 RECENT_S = 600.0
@@ -51,6 +53,7 @@ class Runtime:
     run_wakeups: RunWakeups = field(default_factory=RunWakeups)
     signals: DeletionSignals = field(default_factory=DeletionSignals)
     recently_deleted: RecentlyDeleted = field(default_factory=RecentlyDeleted)
+    newest: NewestVerified = field(default_factory=NewestVerified)
     last_scan: dict[RunKey, float] = field(default_factory=dict)
     """When each run's store was last scanned (monotonic seconds)."""
     flagged: dict[RunKey, set[tuple[str, datetime]]] = field(default_factory=dict)
@@ -61,6 +64,8 @@ class Runtime:
     """Consumers already reported for an unparseable loaded step, with that value."""
     store_errors: dict[RunKey, str] = field(default_factory=dict)
     """Why each run's store could not be scanned, as last reported."""
+    indexed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once Kopf has listed every index (handlers run only then): admission waits for it."""
 
 
 def runtime(memo: kopf.Memo) -> Runtime:

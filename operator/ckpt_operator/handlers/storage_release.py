@@ -3,7 +3,7 @@
 Deleting a Checkpoint object is the only way storage goes (retention, run deletion, ``kubectl
 delete ckpt`` and the plugin all delete the object). Kopf's finalizer ``ckpt.dev/storage-
 protection`` keeps the object until :func:`release_storage` returns: it waits while
-:func:`~ckpt_operator.policy.deletion.deletion_blockers` names a reason (shown in
+:func:`~ckpt_operator.policy.deletion.blockers` names a reason (shown in
 ``status.blockedBy``), then deletes the files (already missing counts as success) and lets Kopf
 drop the finalizer. A storage error leaves the record (condition ``DeleteFailed``, a Warning
 event) and retries with backoff. After an operator restart Kopf calls the handler again; the
@@ -22,14 +22,22 @@ import kopf
 
 from ckpt_operator import metrics
 from ckpt_operator.api import conditions, names
-from ckpt_operator.handlers.indexes import CheckpointsByRun, PodsByNamespace, RunsByKey, one
+from ckpt_operator.handlers.consumers import run_consumers
+from ckpt_operator.handlers.indexes import (
+    CheckpointsByFiles,
+    CheckpointsByName,
+    ConsumersByRun,
+    PodsByNamespace,
+    RunsByKey,
+    one,
+)
 from ckpt_operator.handlers.runtime import Logger, Runtime, runtime
 from ckpt_operator.handlers.selectors import CHECKPOINTS
 from ckpt_operator.handlers.wakeups import DeletionSignals
 from ckpt_operator.kube import client as kube
 from ckpt_operator.policy import records
-from ckpt_operator.policy.consumers import consumers_of, seconds_until_change
-from ckpt_operator.policy.deletion import deletion_blockers
+from ckpt_operator.policy.consumers import seconds_until_change
+from ckpt_operator.policy.deletion import blockers, is_newest
 from ckpt_operator.storage import layout
 from ckpt_operator.storage.open import CredentialsError, open_store
 from ckpt_operator.storage.store import PathEscapeError, Store, StoreError
@@ -53,7 +61,9 @@ async def release_storage(
     retry: int,
     patch: kopf.Patch,
     runs_by_key: RunsByKey,
-    checkpoints_by_run: CheckpointsByRun,
+    checkpoints_by_name: CheckpointsByName,
+    checkpoints_by_files: CheckpointsByFiles,
+    consumers_by_run: ConsumersByRun,
     pods_by_namespace: PodsByNamespace,
     logger: Logger,
     **_: Any,
@@ -70,8 +80,8 @@ async def release_storage(
         while True:
             wake = state.signals.current(ns)
             info = CheckpointInfo.from_body(current)
-            siblings = checkpoints_by_run.get((ns, info.run), ())
-            problem = records.not_record(info, siblings)
+            same = list(checkpoints_by_files.get((ns, info.run, info.path), ()))
+            problem = records.not_record(info, same)
             if problem is not None:
                 # Not the record of any files (a duplicate, a path its spec contradicts): the
                 # object goes, the files stay with their record (safe deletion).
@@ -80,25 +90,30 @@ async def release_storage(
                 logger.info("%s is not a record of files; only the object goes", name)
                 return
             run = one(runs_by_key, (ns, info.run))
-            found = consumers_of(
-                info.run, run.selector if run else None, pods_by_namespace.get(ns, [])
-            )
+            found = run_consumers(run or RunView(info.run, ns), consumers_by_run, pods_by_namespace)
             now = datetime.now(UTC)
-            blockers = deletion_blockers(
+
+            def newest(c: CheckpointInfo) -> bool:
+                live = lambda name: one(checkpoints_by_name, (ns, name))  # noqa: E731
+                return is_newest(c, lambda full_only: state.newest.newer_exists(c, full_only, live))
+
+            held = blockers(
                 info,
                 run=run,
-                siblings=siblings,
+                # Another Checkpoint naming the same files (a duplicate) protects them too.
+                newest=any(newest(c) for c in [info, *same]),
                 consumers=found,
                 now=now,
+                aliases=records.aliases(info, same),
             )
-            if not blockers:
+            if not held:
                 break
-            if blockers != shown or (current.get("status") or {}).get("phase") != "Deleting":
-                logger.info("storage of %s held back: %s", name, "; ".join(blockers))
+            if held != shown or (current.get("status") or {}).get("phase") != "Deleting":
+                logger.info("storage of %s held back: %s", name, "; ".join(held))
                 await kube.patch_status(
-                    names.CHECKPOINTS, ns, name, {"phase": "Deleting", "blockedBy": blockers}
+                    names.CHECKPOINTS, ns, name, {"phase": "Deleting", "blockedBy": held}
                 )
-                shown = blockers
+                shown = held
             if not counted:
                 metrics.DELETIONS_BLOCKED.inc()
                 counted = True

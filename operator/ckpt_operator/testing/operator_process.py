@@ -66,6 +66,12 @@ class OperatorProcess(Started):
             time.sleep(0.1)
         raise ControlPlaneError(f"operator not live after {timeout:.0f} s; log: {self.log_path}")
 
+    @property
+    def pid(self) -> int:
+        """The running operator's process id."""
+        assert self._popen is not None, "not started"
+        return self._popen.pid
+
     def kill(self) -> None:
         """SIGKILL: no cleanup, no graceful shutdown, like a node dying."""
         self._signal(signal.SIGKILL)
