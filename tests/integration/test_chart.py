@@ -500,6 +500,8 @@ EXPECTED_KINDS = {
         "ClusterRoleBinding": 1,
         "Service": 1,
         "Deployment": 1,
+        "ValidatingAdmissionPolicy": 2,
+        "ValidatingAdmissionPolicyBinding": 2,
     },
     "watch-namespaces": {
         "CustomResourceDefinition": 2,
@@ -510,6 +512,8 @@ EXPECTED_KINDS = {
         "RoleBinding": 2 + 2,
         "Service": 1,
         "Deployment": 1,
+        "ValidatingAdmissionPolicy": 2,
+        "ValidatingAdmissionPolicyBinding": 2,
     },
     "hot-standby": {
         "ServiceAccount": 1,
@@ -517,6 +521,8 @@ EXPECTED_KINDS = {
         "ClusterRoleBinding": 1,
         "Service": 1,
         "Deployment": 1,
+        "ValidatingAdmissionPolicy": 2,
+        "ValidatingAdmissionPolicyBinding": 2,
         "CustomResourceDefinition": 2 + 2,
         "ClusterKopfPeering": 1,
     },
@@ -528,6 +534,8 @@ EXPECTED_KINDS = {
         "RoleBinding": 2,
         "Service": 1,
         "Deployment": 1,
+        "ValidatingAdmissionPolicy": 2,
+        "ValidatingAdmissionPolicyBinding": 2,
         "CustomResourceDefinition": 2 + 2,
         "KopfPeering": 2,
     },
@@ -735,7 +743,6 @@ def test_trainer_consumer_and_user_roles(
     wrong = trainer.check(
         [
             ("ckpt.dev", "checkpoints", ("create", "get", "list")),
-            ("ckpt.dev", "checkpoints/status", ("patch",)),
             ("ckpt.dev", "trainingruns", ("get",)),
         ],
         [other_namespace],
@@ -745,6 +752,8 @@ def test_trainer_consumer_and_user_roles(
         [
             ("ckpt.dev", "checkpoints", ("delete", "update", "patch", "deletecollection")),
             ("ckpt.dev", "trainingruns", ("create", "update", "patch", "delete", "list")),
+            # Only the operator decides what is Ready.
+            ("ckpt.dev", "checkpoints/status", ("patch", "update")),
             ("ckpt.dev", "trainingruns/status", ("patch",)),
             ("", "pods", ("create", "delete", "patch")),
             ("", "secrets", ("get", "list")),
