@@ -115,20 +115,21 @@ def test_only_the_operator_writes_checkpoint_status(
     installed(manifest, namespace)
     admin = Cluster(k8s, other_namespace)
     run = admin.create_run(run_body("r", "file:///data/checkpoints/r"))
-    name = admin.register(run, 10)
+    probe, name = admin.register(run, 5), admin.register(run, 10)
 
-    def set_ready(api: Any) -> Callable[[], object]:
+    def set_ready(api: Any, checkpoint: str = name) -> Callable[[], object]:
         return lambda: client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
             "ckpt.dev",
             "v1alpha1",
             other_namespace,
             names.CHECKPOINTS,
-            name,
+            checkpoint,
             {"status": {"phase": "Ready"}},
         )
 
-    # A cluster admin is refused by the policy...
-    assert eventually_refused(set_ready(k8s)) == 403
+    # Once the policy is in force (the probe is refused), a cluster admin is refused...
+    assert eventually_refused(set_ready(k8s, probe)) == 403
+    assert refused(set_ready(k8s)) == 403
     assert admin.checkpoint_phase(name) != "Ready"
     with as_service_account(k8s, kubeconfig, other_namespace, "trainer", tmp_path) as trainer:
         # ...a trainer (by RBAC already) while it may still register checkpoints...
