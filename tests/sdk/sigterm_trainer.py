@@ -1,6 +1,7 @@
 """A trainer that never ends on its own: it trains until SIGTERM, then saves and exits.
 
-Run as a script with the store URI; prints ``step <n>`` after every completed step.
+Run as a script with the store URI, or in an attempt pod without one (``CKPT_STORE`` and the
+rest from the operator's environment); prints ``step <n>`` after every completed step.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from ckpt_operator.sdk import CheckpointManager, save_on_sigterm
 from tests.sdk.training import Trainer
 
 
-def main(store: str) -> None:
+def main(store: str | None) -> None:
     trainer = Trainer(seed=0)
-    manager = CheckpointManager(store, registry=None)
+    manager = CheckpointManager(store) if store else CheckpointManager.from_env()
     step = 0
 
     def state() -> dict[str, object]:
@@ -33,4 +34,4 @@ def main(store: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1] if len(sys.argv) > 1 else None)
