@@ -96,7 +96,7 @@ async def verify(
     """
     phase = status.get("phase")
     if phase in ("Invalid", "Deleting") or operator_verified(status, meta.get("generation")):
-        return  # verified before a restart, or marked Invalid at load time
+        return  # verified before a restart, or already out of use
     if phase == "Ready":
         logger.warning("checkpoint %s is Ready without the operator's verification", name)
     ns = namespace or ""
