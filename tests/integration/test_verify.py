@@ -55,3 +55,26 @@ def test_a_requested_verification_is_recorded_before_the_request_goes(
     c.annotate(name, {names.ANNOTATION_VERIFY_REQUESTED: "while down"})
     start_operator(namespace, allowed_roots=(f"file://{root}",))
     assert request_and_wait(request=False)["status"]["phase"] == "Invalid"
+
+
+def test_a_ready_the_operator_did_not_write_is_verified(
+    k8s: Any, namespace: str, tmp_path: Path, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    # An admin (no admission policy here) marks two checkpoints Ready before the operator
+    # sees them: one whose files were never written, one that is fine.
+    root = tmp_path / "allowed"
+    c = Cluster(k8s, namespace)
+    run = c.create_run(run_body("ra", f"file://{root}/ra"))
+    write_checkpoint(root / "ra", "ra", 20)
+    missing, fine = c.register(run, 10), c.register(run, 20)
+    for name in (missing, fine):
+        c.set_checkpoint_phase(name, "Ready")
+    start_operator(namespace, allowed_roots=(f"file://{root}",))
+    status = c.wait_checkpoint(missing, "Invalid")["status"]
+    assert status["verifiedAt"]
+    verified = wait_for(
+        lambda: (c.checkpoint(fine) or {}).get("status", {}).get("verifiedAt"),
+        20,
+        "the Ready checkpoint to be verified",
+    )
+    assert verified and c.checkpoint_phase(fine) == "Ready"

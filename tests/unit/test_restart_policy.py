@@ -8,11 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ckpt_operator.api import names
 from ckpt_operator.api.models import Backoff, FailureRule, RestartPolicy
 from ckpt_operator.policy.restart import (
     BUDGET_EXHAUSTED,
     FAILED_BY_RULE,
     NO_PROGRESS,
+    PREEMPTION_DEFAULT,
     PREEMPTIONS_EXHAUSTED,
     RESTARTING,
     backoff_seconds,
@@ -266,3 +268,15 @@ def test_random_histories(
         if not d.restart:
             break
     assert restarts == retried  # only Retry restarts spend the budget
+
+
+def test_a_trainer_that_saved_on_sigterm_was_preempted() -> None:
+    """The default rule: ignored (a preemption), unless the run's own rules say otherwise."""
+    saved = failure(names.EXIT_PREEMPTED)
+    assert classify([], saved) == ("Ignore", PREEMPTION_DEFAULT)
+    kw: dict[str, Any] = {"attempts_without_progress": 0, "made_progress": False}
+    d = decide(policy(maxRestarts=0), saved, attempt=0, restarts=0, **kw)
+    assert (d.restart, d.restarts, d.preemptions) == (True, 0, 1)
+    own = [rule("FailRun", ("In", [names.EXIT_PREEMPTED]))]
+    assert classify(own, saved)[0] == "FailRun"
+    assert classify([], failure(143)) == ("Retry", "no rule matched")

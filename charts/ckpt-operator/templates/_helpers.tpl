@@ -124,3 +124,15 @@ s3 credentials. Shared by the cluster-wide ClusterRole and the per-namespace Rol
   resources: [{{ if include "ckpt-operator.clusterWide" . }}clusterkopfpeerings{{ else }}kopfpeerings{{ end }}]
   verbs: [get, list, watch, patch]
 {{- end }}
+
+{{/* The admission policies hold where the operator works: the namespaces it watches, or all. */}}
+{{- define "ckpt-operator.policyNamespaces" -}}
+{{- if not (include "ckpt-operator.clusterWide" .) }}
+matchResources:
+  namespaceSelector:
+    matchExpressions:
+      - key: kubernetes.io/metadata.name
+        operator: In
+        values: {{ toJson .Values.watchNamespaces }}
+{{- end }}
+{{- end }}

@@ -77,6 +77,12 @@ class Toggle(Values):
     create: bool
 
 
+class AdmissionPolicies(Values):
+    enabled: bool = Field(
+        description="Only the operator writes ckpt.dev status; only a pod's own SA its reports."
+    )
+
+
 class MetricsService(Values):
     enabled: bool
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"]
@@ -140,6 +146,7 @@ class ChartValues(Values):
     rbac: Rbac
     trainer_role: BoundRole = Field(description="ClusterRole for trainer pods.")
     consumer_role: BoundRole = Field(description="ClusterRole for consumer pods.")
+    admission_policies: AdmissionPolicies
     user_roles: Toggle = Field(description="Aggregated view/edit ClusterRoles.")
     metrics: Metrics
     liveness: Liveness

@@ -68,6 +68,10 @@ ENV_RESUME_CANDIDATES = "CKPT_RESUME_CANDIDATES"
 ENV_POD_NAME = "POD_NAME"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"
 
+EXIT_PREEMPTED = 75
+"""The exit code of a trainer that saved a checkpoint on SIGTERM (``sdk.save_on_sigterm``):
+sysexits' EX_TEMPFAIL, "try again later". The restart rules count it as a preemption."""
+
 # torchrun's environment (as Kubeflow's PyTorchJob and Trainer set it), for numNodes > 1
 ENV_PET_NNODES = "PET_NNODES"
 ENV_PET_NODE_RANK = "PET_NODE_RANK"

@@ -32,7 +32,12 @@ from ckpt_operator.policy import records
 from ckpt_operator.storage import manifest
 from ckpt_operator.storage.open import CredentialsError, open_store
 from ckpt_operator.storage.store import StoreError
-from ckpt_operator.views.checkpoint import VERIFIED, CheckpointInfo
+from ckpt_operator.views.checkpoint import (
+    VERIFIED,
+    VERIFIED_REASON,
+    CheckpointInfo,
+    operator_verified,
+)
 from ckpt_operator.views.run import RunView
 
 RUN_WAIT_RETRIES = 10
@@ -92,9 +97,17 @@ async def verify(
     logger: Logger,
     **_: Any,
 ) -> None:
-    """Check the files against the manifest (``verify: size|full``): Ready or Invalid."""
-    if status.get("phase") in ("Ready", "Invalid", "Deleting"):
-        return  # verified before a restart, or marked Invalid by the SDK at load time
+    """Check the files against the manifest (``verify: size|full``): Ready or Invalid.
+
+    A Ready this operator did not write (no record of its verification) is verified again:
+    only the operator decides what is Ready. Invalid and Deleting are kept; they only ever
+    take a checkpoint out of use.
+    """
+    phase = status.get("phase")
+    if phase in ("Invalid", "Deleting") or operator_verified(status, meta.get("generation")):
+        return  # verified before a restart, or already out of use
+    if phase == "Ready":
+        logger.warning("checkpoint %s is Ready without the operator's verification", name)
     info = CheckpointInfo.from_body(body)
     run = one(runs_by_key, (namespace or "", info.run))
     if run is None and retry < RUN_WAIT_RETRIES:
@@ -175,7 +188,9 @@ async def _check(
     if run.secret_name:
         annotations[names.ANNOTATION_STORE_SECRET] = run.secret_name
     if result.ok:
-        update = _result_status(status, generation, True, "Verified", f"{mode} verification passed")
+        update = _result_status(
+            status, generation, True, VERIFIED_REASON, f"{mode} verification passed"
+        )
         update.update(sizeBytes=result.size_bytes, digest=result.digest)
         metrics.CHECKPOINTS_VERIFIED.labels("ready").inc()
     else:

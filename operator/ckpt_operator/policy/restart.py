@@ -5,7 +5,8 @@ every rule (first matching rule wins, the budget, the backoff, the progress rule
 without a cluster. Rule matching follows the Job ``podFailurePolicy``: ``onExitCodes`` looks at
 the non-zero exit codes of terminated containers, ``onReasons`` at the pod's reason (Evicted,
 Preempted, DeadlineExceeded), container termination reasons (OOMKilled, Error) and the
-``DisruptionTarget`` condition (as ``DisruptionTarget`` and by its own reason).
+``DisruptionTarget`` condition (as ``DisruptionTarget`` and by its own reason). One default rule
+follows the run's own: the exit code of a trainer that saved on SIGTERM is a preemption.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from ckpt_operator.api import names
 from ckpt_operator.api.models import Backoff, FailureRule, RestartPolicy
 from ckpt_operator.views.pod import Failure
 
@@ -46,11 +48,24 @@ def describe_rule(index: int, rule: FailureRule) -> str:
     return f"rule {index} ({rule.action} on {what})"
 
 
+PREEMPTION_DEFAULT = (
+    f"default rule (exit code {names.EXIT_PREEMPTED}: the trainer saved on SIGTERM, a preemption)"
+)
+
+
 def classify(rules: Sequence[FailureRule], failure: Failure) -> tuple[Action, str]:
-    """The action of the first matching rule, and which rule; unmatched failures retry."""
+    """The action of the first matching rule, and which rule.
+
+    After the run's own rules, one default: a trainer that exited with
+    ``names.EXIT_PREEMPTED`` was told to stop (preemption, eviction, drain) and saved first,
+    so the attempt is ignored like a preemption (it spends ``maxPreemptions``, not
+    ``maxRestarts``). Anything else unmatched retries.
+    """
     for index, rule in enumerate(rules):
         if rule_matches(rule, failure):
             return rule.action, describe_rule(index, rule)
+    if names.EXIT_PREEMPTED in failure.exit_codes:
+        return "Ignore", PREEMPTION_DEFAULT
     return "Retry", "no rule matched"
 
 

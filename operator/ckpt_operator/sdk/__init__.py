@@ -12,9 +12,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ckpt_operator.sdk.consumer import Consumer, WeightsRef
     from ckpt_operator.sdk.manager import CheckpointManager
+    from ckpt_operator.sdk.preemption import PreemptionNotice, save_on_sigterm
 
-__all__ = ["CheckpointManager", "Consumer", "WeightsRef"]
-_HOMES = {"CheckpointManager": "manager", "Consumer": "consumer", "WeightsRef": "consumer"}
+__all__ = ["CheckpointManager", "Consumer", "PreemptionNotice", "WeightsRef", "save_on_sigterm"]
+_HOMES = {
+    "CheckpointManager": "manager",
+    "Consumer": "consumer",
+    "PreemptionNotice": "preemption",
+    "WeightsRef": "consumer",
+    "save_on_sigterm": "preemption",
+}
 
 
 def __getattr__(name: str) -> Any:

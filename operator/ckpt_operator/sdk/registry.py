@@ -118,6 +118,8 @@ class KubeRegistry:
                 self._failed("registering Checkpoint objects", exc)
 
     def mark_invalid(self, object_name: str, reason: str) -> None:
+        """Refused (403, silently) wherever the chart's RBAC and status-writer policy hold:
+        only the operator decides what is Ready or Invalid, and it verifies what it registers."""
         try:
             self._custom.patch_namespaced_custom_object_status(
                 names.GROUP,

@@ -3,9 +3,11 @@
 It binds unscheduled pods of one namespace to a node of its own, runs the first container's
 command as a local process (the image is ignored: ``python`` means this interpreter, and the
 working directory is the repository), and reports the pod's phase and exit code through the
-status subresource exactly as a kubelet would. Deleting the pod kills the process and removes
-the pod, as a kubelet does once its containers have stopped. Processes get ``KUBECONFIG`` in
-place of an in-cluster service account, so the SDK can register checkpoints.
+status subresource exactly as a kubelet would. Deleting the pod stops the process as a kubelet
+does: SIGTERM, SIGKILL once the pod's grace period (``terminationGracePeriodSeconds``, or the
+delete request's) is over; then it reports how the process ended and removes the pod.
+Processes get ``KUBECONFIG`` in place of an in-cluster service account, so the SDK can register
+checkpoints.
 
 It also stands in for cluster DNS and the pod network of a multi-node run: every worker runs on
 loopback, so the rendezvous name (``<pod>.<run>.<namespace>.svc``) is given to the processes as
@@ -31,6 +33,8 @@ from ckpt_operator.testing.lifecycle import Started
 log = logging.getLogger(__name__)
 
 NODE_NAME = "local-runner"
+DEFAULT_GRACE_S = 30
+"""A pod's terminationGracePeriodSeconds when it sets none (the API server's default)."""
 _FIELD_REFS = {"metadata.name", "metadata.namespace", "spec.nodeName"}
 
 
@@ -68,6 +72,22 @@ class LoopbackNetwork:
         }
 
 
+def grace_seconds(pod: dict[str, Any]) -> float:
+    """How long a deleted pod's processes get between SIGTERM and SIGKILL."""
+    for value in (
+        pod["metadata"].get("deletionGracePeriodSeconds"),
+        pod["spec"].get("terminationGracePeriodSeconds"),
+    ):
+        if value is not None:
+            return float(value)
+    return DEFAULT_GRACE_S
+
+
+def exit_code(returncode: int) -> int:
+    """A process's exit status as a kubelet reports it: 128 + n for death by signal n."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def local_command(container: dict[str, Any]) -> list[str]:
     command = [*(container.get("command") or []), *(container.get("args") or [])]
     if not command:
@@ -86,6 +106,8 @@ class LocalRunner(Started):
         self.workdir = workdir
         self.logdir = logdir
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._terminating: dict[str, subprocess.Popen[bytes]] = {}
+        """Deleted pods' processes within their grace period."""
         self._network = LoopbackNetwork()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -104,7 +126,7 @@ class LocalRunner(Started):
 
     def stop(self) -> None:
         self._stop.set()
-        for process in list(self._processes.values()):
+        for process in [*self._processes.values(), *self._terminating.values()]:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
         for thread in self._threads:
@@ -136,11 +158,19 @@ class LocalRunner(Started):
         if kind == "DELETED" or pod["metadata"].get("deletionTimestamp"):
             process = self._processes.pop(name, None)
             if process is not None:
-                process.kill()
-                process.wait()
-            if kind != "DELETED" and pod["spec"].get("nodeName") == NODE_NAME:
-                with contextlib.suppress(Exception):  # gone already
-                    core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
+                self._terminating[name] = process
+                threading.Thread(
+                    target=self._terminate,
+                    args=(core, pod, process, kind == "DELETED"),
+                    name=f"terminate-{name}",
+                    daemon=True,
+                ).start()
+            elif (
+                kind != "DELETED"
+                and name not in self._terminating
+                and pod["spec"].get("nodeName") == NODE_NAME
+            ):
+                self._remove(core, name)
             return
         if pod["spec"].get("nodeName") or name in self._processes:
             return
@@ -181,6 +211,32 @@ class LocalRunner(Started):
             daemon=True,
         ).start()
 
+    def _remove(self, core: Any, name: str) -> None:
+        with contextlib.suppress(Exception):  # gone already
+            core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
+
+    def _terminate(
+        self, core: Any, pod: dict[str, Any], process: subprocess.Popen[bytes], gone: bool
+    ) -> None:
+        """SIGTERM, SIGKILL after the grace period, report the outcome, remove the pod."""
+        name = pod["metadata"]["name"]
+        container = pod["spec"]["containers"][0]["name"]
+        started = (pod.get("status") or {}).get("startTime") or now_iso()
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            code = process.wait(timeout=grace_seconds(pod))
+        except subprocess.TimeoutExpired:
+            log.info("pod %s outlived its grace period: SIGKILL", name)
+            process.kill()
+            code = process.wait()
+        try:
+            if not gone and not self._stop.is_set():
+                self._report_exit(core, name, container, code, started)
+                self._remove(core, name)
+        finally:
+            self._terminating.pop(name, None)
+
     def _reap(
         self,
         core: Any,
@@ -193,7 +249,13 @@ class LocalRunner(Started):
         code = process.wait()
         log_file.close()
         if self._processes.pop(name, None) is None or self._stop.is_set():
-            return  # deleted or shutting down: nobody to report to
+            return  # deleted (its terminator reports) or shutting down: nobody to report to
+        self._report_exit(core, name, container, code, started)
+
+    def _report_exit(
+        self, core: Any, name: str, container: str, returncode: int, started: str
+    ) -> None:
+        code = exit_code(returncode)
         state = {
             "terminated": {
                 "exitCode": code,

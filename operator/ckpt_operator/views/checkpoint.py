@@ -16,6 +16,29 @@ from ckpt_operator.views import fields
 VERIFIED = "Verified"
 """The condition the operator sets when it has checked the files against the manifest."""
 
+VERIFIED_REASON = "Verified"
+"""The reason of a True ``Verified`` condition: the operator's own verification passed."""
+
+
+def operator_verified(status: Mapping[str, Any], generation: int | None) -> bool:
+    """Whether a Ready status carries the record the operator's verification writes with it.
+
+    ``phase: Ready`` alone proves nothing: whoever could write the status (before the chart's
+    status-writer admission policy, or without it) could set it. The operator writes Ready
+    only together with the digest it checked, the time it checked, and a True ``Verified``
+    condition for this generation; a Ready without them is verified again.
+    """
+    condition = next((c for c in status.get("conditions") or [] if c.get("type") == VERIFIED), None)
+    return (
+        status.get("phase") == "Ready"
+        and bool(status.get("digest"))
+        and bool(status.get("verifiedAt"))
+        and condition is not None
+        and condition.get("status") == "True"
+        and condition.get("reason") == VERIFIED_REASON
+        and condition.get("observedGeneration") == generation
+    )
+
 
 @dataclass(frozen=True)
 class CheckpointInfo:
