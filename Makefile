@@ -12,7 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
-## demo: local control plane + operator + examples/, prints `kubectl get tr,ckpt`, stops all
+## demo: local control plane + operator + the example run: two crashes, a resume, a lagging
+## consumer, retention; a timeline, then `kubectl get tr,ckpt`; stops all (under 3 minutes)
 demo: $(VENV)/.installed
 	$(BIN)/ckpt-operator demo
 

@@ -7,7 +7,8 @@ Inside a TrainingRun the operator sets ``CKPT_*``; locally only ``CKPT_STORE`` i
 
 Environment: ``TOTAL_STEPS`` (200), ``SAVE_EVERY`` (20), ``EXPORT_EVERY`` (0 = never; weights
 for inference), ``FAIL_AT_STEP`` (exit with ``FAIL_EXIT_CODE``, default 1, before that step, in
-attempt ``FAIL_ON_ATTEMPT`` only, default 0, so the next attempt can finish).
+the attempts listed in ``FAIL_ON_ATTEMPT`` only, comma-separated, default 0, so a later attempt
+can finish).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     total, every = _env_int("TOTAL_STEPS", 200), _env_int("SAVE_EVERY", 20)
     export_every, fail_at = _env_int("EXPORT_EVERY", 0), _env_int("FAIL_AT_STEP", -1)
-    fail_on_attempt = _env_int("FAIL_ON_ATTEMPT", 0)
+    fail_on = {int(a) for a in (os.environ.get("FAIL_ON_ATTEMPT") or "0").split(",")}
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 1))
@@ -44,7 +45,7 @@ def main() -> int:
         step = ckpt.restore(model=model, optimizer=optimizer, scheduler=scheduler) or 0
         logging.info("starting at step %d (attempt %d)", step, ckpt.attempt)
         while step < total:
-            if step + 1 == fail_at and ckpt.attempt == fail_on_attempt:
+            if step + 1 == fail_at and ckpt.attempt in fail_on:
                 logging.error("FAIL_AT_STEP=%d: exiting to demonstrate a restart", fail_at)
                 return _env_int("FAIL_EXIT_CODE", 1)
             rows = torch.randint(0, len(x), (64,))

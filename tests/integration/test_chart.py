@@ -318,7 +318,7 @@ class Access:
     [
         {"allowedRoots": ROOTS},
         {"allowedRoots": ROOTS, "replicas": 2, "watchNamespaces": ["a", "b"]},
-        {"allowedRoots": ROOTS, "metrics": {"serviceMonitor": {"enabled": True}}},
+        {"allowedRoots": ROOTS, "monitoring": {"serviceMonitor": {"enabled": True}}},
     ],
     ids=["defaults", "hot-standby-namespaced", "service-monitor"],
 )
@@ -422,7 +422,7 @@ def test_deployment_shape(helm: Helm, tmp_path: Path) -> None:
         "podAnnotations": {"example.com/a": "b"},
         "nodeSelector": {"pool": "system"},
         "tolerations": [{"key": "system", "operator": "Exists"}],
-        "metrics": {"serviceMonitor": {"enabled": True}},
+        "monitoring": {"serviceMonitor": {"enabled": True}},
     }
     manifest = render(helm, tmp_path, "ckpt", "ckpt-system", values)
     deployment = only(manifest, "Deployment")

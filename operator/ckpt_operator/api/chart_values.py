@@ -103,7 +103,26 @@ class ServiceMonitor(Values):
 class Metrics(Values):
     port: int = Field(ge=1, le=65535, description="Prometheus port (--metrics-port).")
     service: MetricsService
+
+
+class PrometheusRule(Values):
+    enabled: bool = Field(description="Create a PrometheusRule with the operator's alerts.")
+    labels: Labels
+    restarts_per_hour: int = Field(ge=1, description="Alert at this many attempts in an hour.")
+    deletions_blocked_for: str = Field(pattern=DURATION)
+    operator_down_for: str = Field(pattern=DURATION)
+
+
+class Dashboard(Values):
+    enabled: bool = Field(description="Ship the Grafana dashboard as a ConfigMap.")
+    namespace: str = Field(description="Empty: the release's namespace.")
+    labels: Labels
+
+
+class Monitoring(Values):
     service_monitor: ServiceMonitor
+    prometheus_rule: PrometheusRule
+    dashboard: Dashboard
 
 
 class Liveness(Values):
@@ -149,6 +168,7 @@ class ChartValues(Values):
     admission_policies: AdmissionPolicies
     user_roles: Toggle = Field(description="Aggregated view/edit ClusterRoles.")
     metrics: Metrics
+    monitoring: Monitoring = Field(description="ServiceMonitor, alerts and dashboard; all off.")
     liveness: Liveness
     webhook: Webhook
     extra_args: list[str] = Field(description="Appended to `ckpt-operator run`.")

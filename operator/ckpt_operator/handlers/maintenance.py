@@ -66,7 +66,11 @@ async def maintain(
     if health is not None:
         patch.status.update(health)
     key = (run.namespace, run.name)
-    await apply_retention(body, run, list(checkpoints_by_run.get(key, [])), logger)
+    checkpoints = list(checkpoints_by_run.get(key, []))
+    if not run.terminating:  # the deletion handler removes the run's series
+        retained = sum(c.size_bytes or 0 for c in checkpoints)
+        metrics.RUN_RETAINED_BYTES.labels(run.namespace, run.name).set(retained)
+    await apply_retention(body, run, checkpoints, logger)
     config: OperatorConfig = memo.config
     if time.monotonic() - state.last_scan.get(key, float("-inf")) < config.scan_interval_s:
         return

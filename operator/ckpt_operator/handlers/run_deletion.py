@@ -14,6 +14,7 @@ from typing import Any
 
 import kopf
 
+from ckpt_operator import metrics
 from ckpt_operator.handlers.consumers import run_consumers
 from ckpt_operator.handlers.indexes import CheckpointsByRun, ConsumersByRun, PodsByNamespace
 from ckpt_operator.handlers.maintenance import report_unsafe
@@ -54,6 +55,7 @@ async def delete_checkpoints(
                 await kube.delete_checkpoint(run.namespace, c.name)
                 requested.add(c.name)
         await DeletionSignals.wait(gone, 10.0)
+    metrics.forget_run(run.namespace, run.name)
     try:
         store = await open_store(
             run.namespace, run.store_uri, run.secret_name, memo.config.allowed_roots

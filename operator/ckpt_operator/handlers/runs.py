@@ -81,6 +81,8 @@ class RunController:
         self.rejected: tuple[int | None, str] | None = None
         self.stores: dict[str, tuple[str, str | None]] = {}
         self.num_nodes = 1
+        self.failed_seen: dict[int, float] = {}
+        """When we first saw each failed attempt fail, for the time-to-restart histogram."""
 
     async def run(self, stopped: kopf.DaemonStopped) -> None:
         wake = self.wakeups.register(self.key)
@@ -194,6 +196,7 @@ class RunController:
         self.num_nodes = spec.num_nodes if spec is not None else self.num_nodes
         checkpoints: list[CheckpointInfo] = list(self.checkpoint_index.get(self.key, []))
         now = datetime.now(UTC)
+        seen = time.monotonic()
         step = attempts.next_step(
             RunState(
                 name=self.name,
@@ -208,6 +211,9 @@ class RunController:
                 invalid=invalid,
             )
         )
+        for attempt in metrics.transition(status, step.status).failed:
+            self.failed_seen.setdefault(attempt, seen)
+        metrics.set_run_gauges(self.namespace, self.name, step.status)
         await self.tear_down(step.delete)
         if step.create is None or spec is None:
             await self.write(body, status, step)
@@ -224,6 +230,9 @@ class RunController:
                     raise outcome
             if isinstance(created, float):
                 return created
+            failed_at = self.failed_seen.pop(step.create - 1, None)
+            if failed_at is not None:
+                metrics.RESTART_SECONDS.observe(time.monotonic() - failed_at)
         if step.wake_at is None:
             return None
         return time.monotonic() + max(0.0, (step.wake_at - datetime.now(UTC)).total_seconds())
@@ -253,6 +262,7 @@ class RunController:
         self.written = (self.live_version(), response)
         if not status.phase:
             metrics.RESOURCES_SEEN.labels("TrainingRun").inc()
+        metrics.count_transition(metrics.transition(status, step.status))
         for note in step.notes:
             kopf.event(
                 kopf.Body(cast(kopf.RawBody, response)),

@@ -75,7 +75,7 @@ async def release_storage(
     shown = status.get("blockedBy") if status.get("phase") == "Deleting" else None
     loop = asyncio.get_running_loop()
     refreshed = loop.time()
-    counted = False
+    counted: set[str] = set()
     try:
         while True:
             wake = state.signals.current(ns)
@@ -114,9 +114,12 @@ async def release_storage(
                     names.CHECKPOINTS, ns, name, {"phase": "Deleting", "blockedBy": held}
                 )
                 shown = held
-            if not counted:
-                metrics.DELETIONS_BLOCKED.inc()
-                counted = True
+            kinds = metrics.blocker_kinds(held)
+            for kind in kinds - counted:
+                metrics.DELETIONS_BLOCKED.labels(kind).inc()
+            for kind in counted - kinds:
+                metrics.DELETIONS_BLOCKED.labels(kind).dec()
+            counted = kinds
             timeout_s = run.report_timeout_s if run else DEFAULT_REPORT_TIMEOUT_S
             change = seconds_until_change(info.step, found, now, timeout_s)
             await DeletionSignals.wait(
@@ -128,8 +131,8 @@ async def release_storage(
                     return
                 current, refreshed = fresh, loop.time()
     finally:
-        if counted:
-            metrics.DELETIONS_BLOCKED.dec()
+        for kind in counted:
+            metrics.DELETIONS_BLOCKED.labels(kind).dec()
     await _delete_storage(body, current, ns, name, run, memo, state, retry, patch, logger)
 
 
