@@ -22,6 +22,15 @@ from torch import nn
 
 from ckpt_operator.sdk import CheckpointManager
 
+LAYERS = [16, 64, 1]
+
+
+def build_model(layers: list[int]) -> nn.Sequential:
+    """The demo's MLP; examples/consumer.py rebuilds it from the exported config.json."""
+    return nn.Sequential(
+        nn.Linear(layers[0], layers[1]), nn.ReLU(), nn.Dropout(0.1), nn.Linear(layers[1], layers[2])
+    )
+
 
 def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
@@ -33,8 +42,15 @@ def main() -> int:
     export_every, fail_at = _env_int("EXPORT_EVERY", 0), _env_int("FAIL_AT_STEP", -1)
     fail_on = {int(a) for a in (os.environ.get("FAIL_ON_ATTEMPT") or "0").split(",")}
 
+    # Under torchrun (examples/trainingrun-multinode.yaml) DDP keeps the replicas equal, so
+    # every rank restores the same checkpoint and rank 0 alone writes them.
+    distributed = _env_int("WORLD_SIZE", 1) > 1
+    if distributed:
+        torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank() if distributed else 0
+
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 1))
+    model = build_model(LAYERS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     data = torch.Generator().manual_seed(1234)
@@ -43,19 +59,20 @@ def main() -> int:
 
     with CheckpointManager.from_env() as ckpt:
         step = ckpt.restore(model=model, optimizer=optimizer, scheduler=scheduler) or 0
-        logging.info("starting at step %d (attempt %d)", step, ckpt.attempt)
+        logging.info("starting at step %d (attempt %d, rank %d)", step, ckpt.attempt, rank)
+        net = nn.parallel.DistributedDataParallel(model) if distributed else model
         while step < total:
             if step + 1 == fail_at and ckpt.attempt in fail_on:
                 logging.error("FAIL_AT_STEP=%d: exiting to demonstrate a restart", fail_at)
                 return _env_int("FAIL_EXIT_CODE", 1)
             rows = torch.randint(0, len(x), (64,))
-            loss = nn.functional.mse_loss(model(x[rows]), y[rows])
+            loss = nn.functional.mse_loss(net(x[rows]), y[rows])
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             scheduler.step()
             step += 1
-            if step % every == 0 or step == total:
+            if rank == 0 and (step % every == 0 or step == total):
                 ckpt.save(
                     step,
                     model=model,
@@ -65,9 +82,11 @@ def main() -> int:
                     blocking=False,
                 )
                 logging.info("step %d loss %.5f: checkpoint queued", step, loss.item())
-            if export_every and step % export_every == 0:
-                ckpt.export_weights(model, step, config={"layers": [16, 64, 1]})
+            if rank == 0 and export_every and step % export_every == 0:
+                ckpt.export_weights(model, step, config={"layers": LAYERS})
         ckpt.wait()
+    if distributed:
+        torch.distributed.destroy_process_group()
     logging.info("finished %d steps, final loss %.5f", total, loss.item())
     return 0
 

@@ -39,3 +39,19 @@ def test_example_fails_then_resumes(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert "starting at step 40" in second.stderr
     assert "step-0000000060.attempt-0" in os.listdir(tmp_path / "run")
+
+
+def test_consumer_example_serves_the_newest_export(tmp_path: Path) -> None:
+    env = {**os.environ, "CKPT_STORE": f"file://{tmp_path}/run", "CKPT_RUN": "local"}
+    env.pop("KUBECONFIG", None)
+    train = {**env, "TOTAL_STEPS": "40", "SAVE_EVERY": "20", "EXPORT_EVERY": "20"}
+    subprocess.run([sys.executable, str(EXAMPLE)], env=train, check=True, timeout=120)
+    served = subprocess.run(
+        [sys.executable, str(EXAMPLE.with_name("consumer.py"))],
+        env={**env, "MAX_POLLS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert served.returncode == 0, served.stderr
+    assert "serving step 40" in served.stderr

@@ -19,10 +19,11 @@ import torch
 
 from ckpt_operator.api import names
 from ckpt_operator.api.names import ANNOTATION_LOADED_STEP, Format
+from ckpt_operator.sdk.export import load_tensors
 from ckpt_operator.sdk.manager import Stateful
 from ckpt_operator.sdk.registry import KubeRegistry, Registry
 from ckpt_operator.sdk.safetar import safe_extract
-from ckpt_operator.sdk.state import CONFIG_FILE, MODEL_FILE, load_tensors, read_files
+from ckpt_operator.sdk.state import CONFIG_FILE, read_files
 from ckpt_operator.storage.layout import parse_committed
 from ckpt_operator.storage.manifest import scan
 from ckpt_operator.storage.store import Store, as_store
@@ -120,7 +121,7 @@ class Consumer:
         """Read (and verify) ``ref``, default :meth:`latest`; load into ``model`` if given."""
         ref = self._resolve(ref)
         _, buffers = read_files(self.store, ref.path, verify=verify)
-        tensors = load_tensors(buffers[MODEL_FILE], f"{ref.path}/{MODEL_FILE}")
+        tensors = load_tensors(buffers, ref.path)
         config = buffers.get(CONFIG_FILE)
         self.config = json.loads(config.numpy().tobytes()) if config is not None else {}
         if model is not None:

@@ -13,6 +13,7 @@ import torch
 from ckpt_operator.api import names
 from ckpt_operator.api.names import Format
 from ckpt_operator.sdk.asyncsave import AsyncWriter
+from ckpt_operator.sdk.export import DEFAULT_MAX_SHARD_SIZE, config_dict, stage_hf
 from ckpt_operator.sdk.registry import CheckpointRecord, KubeRegistry, Registry
 from ckpt_operator.sdk.state import (
     MODEL_FILE,
@@ -24,7 +25,6 @@ from ckpt_operator.sdk.state import (
     rng_state,
     set_rng_state,
     stage_full,
-    stage_weights,
 )
 from ckpt_operator.sdk.tensorfile import TensorFileError
 from ckpt_operator.sdk.writer import write_checkpoint
@@ -140,15 +140,24 @@ class CheckpointManager:
         model: Stateful | Mapping[str, torch.Tensor],
         step: int,
         *,
-        config: Mapping[str, Any] | None = None,
+        config: Any = None,
         metrics: Mapping[str, float] | None = None,
         blocking: bool = True,
+        max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+        tokenizer_dir: str | os.PathLike[str] | None = None,
     ) -> str:
-        """Commit a weights-only checkpoint (``model.safetensors`` + ``config.json``) for
-        inference servers; consumers find it with :meth:`Consumer.latest`."""
+        """Commit a weights-only checkpoint in the Hugging Face layout (see
+        :mod:`ckpt_operator.sdk.export`) for inference servers; ``config`` is a mapping or a
+        ``transformers`` config. Consumers find it with :meth:`Consumer.latest`."""
         state = _state_dict(model)
         assert state is not None
-        staged = stage_weights(state, config or {}, copy=not blocking)
+        staged = stage_hf(
+            state,
+            config_dict(model, config),
+            copy=not blocking,
+            max_shard_size=max_shard_size,
+            tokenizer_dir=tokenizer_dir,
+        )
         return self._submit(
             CheckpointName(step, self.attempt, self.format, "weights"), staged, metrics, blocking
         )

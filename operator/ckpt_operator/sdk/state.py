@@ -164,18 +164,6 @@ def stage_full(
     return staged
 
 
-def stage_weights(
-    model: Mapping[str, torch.Tensor], config: Mapping[str, Any], *, copy: bool
-) -> Staged:
-    """Files of a weights-only checkpoint: the layout inference servers load."""
-    host = {k: to_host(v, copy) for k, v in model.items()}
-    raw = json.dumps(dict(config), indent=1).encode()
-    return Staged(
-        {MODEL_FILE: encode(host, {"format": "pt"}), CONFIG_FILE: ([memoryview(raw)], len(raw))},
-        list(host.values()),
-    )
-
-
 def load_tensors(buffer: torch.Tensor, where: str) -> dict[str, torch.Tensor]:
     return decode(buffer, where)[0]
 
