@@ -255,8 +255,24 @@ class CheckpointSpec(Model):
             ("!self.contains('://')", "path must be relative, not a URI"),
         ),
     )
-    format: Literal["dir", "tar"] = Field(default="dir", json_schema_extra=_immutable("format"))
+    format: Literal["dir", "tar", "dcp"] = Field(
+        default="dir",
+        description="dir, tar, or dcp (a torch.distributed.checkpoint directory).",
+        json_schema_extra=_immutable("format"),
+    )
     kind: Literal["full", "weights"] = "full"
+    world_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Processes that wrote a distributed checkpoint; unset: one process.",
+        json_schema_extra=_immutable("worldSize"),
+    )
+    shards: int | None = Field(
+        default=None,
+        ge=1,
+        description="Files holding the state's shards (per rank, or DCP .distcp files).",
+        json_schema_extra=_immutable("shards"),
+    )
     metrics: dict[str, float] | None = Field(
         default=None, description="Metrics recorded at save time (used by retention keepBest)."
     )

@@ -62,7 +62,8 @@ ATTEMPT_ENV = (
 """Everything the operator sets in an attempt pod; the template's own values are replaced."""
 
 # --- vocabulary of Checkpoint specs -----------------------------------------------------------
-Format = Literal["dir", "tar"]
+Format = Literal["dir", "tar", "dcp"]
+"""``dcp``: a torch.distributed.checkpoint directory (``.distcp`` shards + ``.metadata``)."""
 Kind = Literal["full", "weights"]
 KIND_PREFIX: dict[Kind, str] = {"full": "step", "weights": "weights"}
 
