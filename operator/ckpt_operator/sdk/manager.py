@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,7 +14,9 @@ import torch
 from ckpt_operator.api import names
 from ckpt_operator.api.names import Format
 from ckpt_operator.sdk.asyncsave import AsyncWriter
+from ckpt_operator.sdk.collective import DEFAULT_TIMEOUT_S, Collective
 from ckpt_operator.sdk.registry import CheckpointRecord, KubeRegistry, Registry
+from ckpt_operator.sdk.sharded import Outcome, agree, shard_prefix, write_sharded
 from ckpt_operator.sdk.state import (
     MODEL_FILE,
     Staged,
@@ -29,7 +32,7 @@ from ckpt_operator.sdk.state import (
 from ckpt_operator.sdk.tensorfile import TensorFileError
 from ckpt_operator.sdk.writer import write_checkpoint
 from ckpt_operator.storage.layout import CheckpointName, parse_committed
-from ckpt_operator.storage.manifest import VerifyError
+from ckpt_operator.storage.manifest import VerifyError, read_manifest
 from ckpt_operator.storage.store import Store, StoreError, as_store
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,12 @@ class CheckpointManager:
     Inside a TrainingRun use :meth:`from_env`. Outside Kubernetes construct it directly; with
     no ``resume_candidates`` :meth:`restore` then scans the store for the newest committed full
     checkpoint. ``format`` defaults to ``dir`` on filesystems and ``tar`` on object stores.
+
+    Under an initialized ``torch.distributed`` group (more than one rank) every rank calls
+    :meth:`save` and :meth:`restore` alike: each rank saves its own state into one checkpoint
+    (:mod:`~ckpt_operator.sdk.sharded`; format ``dir``, tar is refused) and restores its own
+    shard of the same checkpoint, which rank 0 registers. ``collective_timeout_s`` bounds how
+    long ranks wait for a dead peer. For FSDP/DTensor state use :mod:`~ckpt_operator.sdk.dcp`.
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class CheckpointManager:
         verify: bool = True,
         max_pending: int = 1,
         storage_options: Mapping[str, Any] | None = None,
+        collective_timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.store = as_store(store, storage_options)
         self.run = run
@@ -88,6 +98,28 @@ class CheckpointManager:
         """The ``extra`` saved with the checkpoint :meth:`restore` loaded."""
         self._max_pending = max_pending
         self._writer: AsyncWriter | None = None
+        self._format_given = format is not None
+        self._timeout_s = collective_timeout_s
+        self._coll: Collective | None = None
+        self._coll_ready = False
+
+    def collective(self) -> Collective | None:
+        """The SDK's gloo group across the job's ranks; None for a single process.
+
+        Made on first use, which every rank reaches together (its first save or restore).
+        """
+        if not self._coll_ready:
+            self._coll = Collective.create(self._timeout_s)
+            self._coll_ready = True
+            if self._coll is not None and not self._format_given:
+                self.format = "dir"  # the object-store default, tar, has one writer
+        return self._coll
+
+    @property
+    def is_leader(self) -> bool:
+        """True on the rank that commits and registers checkpoints (rank 0, or no group)."""
+        coll = self.collective()
+        return coll is None or coll.is_leader
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> CheckpointManager:
@@ -123,17 +155,24 @@ class CheckpointManager:
 
         With ``blocking=False`` the state is first copied to host memory, then written by a
         background thread while training goes on; :meth:`wait` blocks until it is committed.
+        Under torch.distributed every rank passes its own state (and gets the same URI).
         """
+        coll = self.collective()
+        name = CheckpointName(step, self.attempt, self.format)
         trees = {
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": rng_state(),
             "extra": extra,
         }
-        staged = stage_full(step, model=_state_dict(model), trees=trees, copy=not blocking)
-        return self._submit(
-            CheckpointName(step, self.attempt, self.format), staged, metrics, blocking
-        )
+        try:
+            staged = stage_full(step, model=_state_dict(model), trees=trees, copy=not blocking)
+        except StateError as exc:
+            if coll is not None:  # the other ranks wait for this one: fail them too
+                with contextlib.suppress(Exception):
+                    self._submit(name, Staged({}), metrics, blocking=True, error=str(exc))
+            raise
+        return self._submit(name, staged, metrics, blocking)
 
     def export_weights(
         self,
@@ -145,13 +184,15 @@ class CheckpointManager:
         blocking: bool = True,
     ) -> str:
         """Commit a weights-only checkpoint (``model.safetensors`` + ``config.json``) for
-        inference servers; consumers find it with :meth:`Consumer.latest`."""
+        inference servers; consumers find it with :meth:`Consumer.latest`. Under
+        torch.distributed only rank 0 writes it: pass the full model there."""
+        name = CheckpointName(step, self.attempt, self.format, "weights")
+        if not self.is_leader:
+            return self.store.uri(name.path)
         state = _state_dict(model)
         assert state is not None
         staged = stage_weights(state, config or {}, copy=not blocking)
-        return self._submit(
-            CheckpointName(step, self.attempt, self.format, "weights"), staged, metrics, blocking
-        )
+        return self._submit(name, staged, metrics, blocking)
 
     def _submit(
         self,
@@ -159,9 +200,10 @@ class CheckpointManager:
         staged: Staged,
         metrics: Mapping[str, float] | None,
         blocking: bool,
+        error: str | None = None,
     ) -> str:
         def job() -> None:
-            self._write(name, staged, metrics)
+            self._write(name, staged, metrics, error)
 
         if blocking and self._writer is None:
             job()
@@ -174,12 +216,30 @@ class CheckpointManager:
         return self.store.uri(name.path)
 
     def _write(
-        self, name: CheckpointName, staged: Staged, metrics: Mapping[str, float] | None
+        self,
+        name: CheckpointName,
+        staged: Staged,
+        metrics: Mapping[str, float] | None,
+        error: str | None = None,
     ) -> None:
-        manifest = write_checkpoint(self.store, name, staged.files, run=self.run, metrics=metrics)
+        coll = self._coll if name.kind == "full" else None
+        files, run = staged.files, self.run
+        if coll is None:
+            manifest = write_checkpoint(self.store, name, files, run=run, metrics=metrics)
+        else:
+            found = write_sharded(
+                coll, self.store, name, files, run=run, metrics=metrics, error=error
+            )
+            if found is None:
+                return  # rank 0 committed it and registers it
+            manifest = found
         log.info("committed %s (%d bytes)", self.store.uri(name.path), manifest.total_size)
         if self.registry is not None:
-            self.registry.register(CheckpointRecord(self.run, name, manifest.metrics))
+            self.registry.register(
+                CheckpointRecord(
+                    self.run, name, manifest.metrics, manifest.world_size, manifest.shards
+                )
+            )
 
     def wait(self) -> None:
         """Block until every asynchronous save is committed; re-raise a failed one."""
@@ -200,12 +260,22 @@ class CheckpointManager:
     # -- restoring ------------------------------------------------------------------------
 
     def candidates(self) -> list[str]:
-        """URIs to try, newest first: the operator's list, else a scan of the store."""
+        """URIs to try, newest first: the operator's list, else a scan of the store.
+
+        Under torch.distributed rank 0's list is used by every rank.
+        """
+        coll = self.collective()
+        if coll is not None and not coll.is_leader:
+            return list(coll.broadcast(None)["candidates"])
         if self.resume_candidates is not None:
-            return list(self.resume_candidates)
-        names = [n for n in map(parse_committed, self.store.list_entries()) if n is not None]
-        names.sort(key=lambda n: (n.step, n.attempt), reverse=True)
-        return [self.store.uri(n.path) for n in names]
+            found = list(self.resume_candidates)
+        else:
+            names = [n for n in map(parse_committed, self.store.list_entries()) if n is not None]
+            names.sort(key=lambda n: (n.step, n.attempt), reverse=True)
+            found = [self.store.uri(n.path) for n in names]
+        if coll is not None:
+            coll.broadcast({"candidates": found})
+        return found
 
     def restore(
         self,
@@ -218,11 +288,18 @@ class CheckpointManager:
         """Load the newest candidate that verifies and return its step; None when none does.
 
         Candidates that fail verification are skipped, and marked Invalid when the pod may.
+        Under torch.distributed each rank checks its own shard and all ranks agree: they load
+        the same candidate, or all move on to the next one.
         """
         for uri in self.candidates():
-            loaded = self._load_candidate(uri)
-            if loaded is None:
+            outcome, loaded = self._load_candidate(uri)
+            outcome = agree(self.collective(), outcome)
+            if outcome.fatal:
+                raise ValueError(f"cannot resume from {uri}: {outcome.reason}")
+            if not outcome.ok:
+                self.reject(uri, outcome)
                 continue
+            assert loaded is not None
             step, model_state, doc = loaded
             if model is not None:
                 model.load_state_dict(_require(model_state, "model", uri))
@@ -237,35 +314,47 @@ class CheckpointManager:
             return step
         return None
 
-    def _load_candidate(
-        self, uri: str
-    ) -> tuple[int, dict[str, torch.Tensor] | None, dict[str, Any]] | None:
+    def reject(self, uri: str, outcome: Outcome) -> None:
+        """Log a skipped candidate; one that failed verification is marked Invalid (rank 0)."""
+        log.warning("skipping %s: %s", uri, outcome.reason)
+        name = parse_committed(uri)
+        if outcome.invalid and name is not None and self.registry is not None and self.is_leader:
+            self.registry.mark_invalid(
+                name.object_name(self.run), f"failed verification at restore: {outcome.reason}"
+            )
+
+    def _load_candidate(self, uri: str) -> tuple[Outcome, _Loaded | None]:
+        """This rank's part of ``uri`` (its shard, or everything a single process wrote)."""
         try:
             rel = self.store.rel_from_uri(uri)
         except StoreError as exc:
-            log.error("skipping resume candidate: %s", exc)
-            return None
+            return Outcome(False, str(exc)), None
         name = parse_committed(rel)
         if name is None:
-            log.error("skipping resume candidate %s: not a committed checkpoint name", uri)
-            return None
+            return Outcome(False, "not a committed checkpoint name"), None
+        if name.format == "dcp" or name.kind != "full":
+            return Outcome(False, f"a {name.format} {name.kind} checkpoint; not loaded here"), None
+        coll = self.collective()
+        world = 1 if coll is None else coll.size
         try:
-            manifest, buffers = read_files(self.store, rel, verify=self.verify)
-            if manifest.kind != "full":
-                log.warning(
-                    "skipping %s: a %s checkpoint holds no training state", uri, manifest.kind
+            saved = (read_manifest(self.store, rel).world_size or 1) if name.is_directory else 1
+            if saved not in (1, world):
+                reason = (
+                    f"written by {saved} ranks, this job has {world}: native checkpoints do "
+                    "not reshard (save with format dcp to reshard)"
                 )
-                return None
+                return Outcome(False, reason, fatal=True), None
+            prefix = shard_prefix(coll.rank) if coll is not None and saved > 1 else ""
+            _, buffers = read_files(self.store, rel, verify=self.verify, prefix=prefix)
             doc = load_state(buffers)
             model_file = buffers.get(MODEL_FILE)
             model_state = None if model_file is None else load_tensors(model_file, MODEL_FILE)
         except (VerifyError, TensorFileError, StateError, ValueError, KeyError) as exc:
-            reason = f"failed verification at restore: {exc}"
-            log.warning("skipping %s: %s", uri, reason)
-            if self.registry is not None:
-                self.registry.mark_invalid(name.object_name(self.run), reason)
-            return None
-        return int(doc["step"]), model_state, doc
+            return Outcome(False, str(exc), invalid=True), None
+        return Outcome(True), (int(doc["step"]), model_state, doc)
+
+
+_Loaded = tuple[int, dict[str, torch.Tensor] | None, dict[str, Any]]
 
 
 def _state_dict(

@@ -28,6 +28,9 @@ class CheckpointRecord:
     run: str
     name: CheckpointName
     metrics: Mapping[str, float] = field(default_factory=dict)
+    world_size: int | None = None
+    """Ranks that wrote it (distributed checkpoints only)."""
+    shards: int | None = None
 
     @property
     def object_name(self) -> str:
@@ -104,6 +107,9 @@ class KubeRegistry:
         body = checkpoint_body(
             record.run, record.name, metrics=record.metrics, owner_uid=self._run_uid(record.run)
         )
+        for key, value in (("worldSize", record.world_size), ("shards", record.shards)):
+            if value is not None:
+                body["spec"][key] = value
         try:
             self._custom.create_namespaced_custom_object(
                 names.GROUP,
