@@ -27,8 +27,11 @@ class CollectiveError(RuntimeError):
 class Collective:
     """A gloo group over every rank of the default process group."""
 
-    def __init__(self, group: Any, rank: int, size: int) -> None:
+    def __init__(self, group: Any, dcp_group: Any, rank: int, size: int) -> None:
         self.group = group
+        self.dcp_group = dcp_group
+        """A second gloo group for DCP's own collectives, which may run in DCP's background
+        thread (``async_save``) while the caller's thread uses :attr:`group`."""
         self.rank = rank
         self.size = size
 
@@ -41,8 +44,10 @@ class Collective:
         """
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return None
-        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
-        return cls(group, dist.get_rank(), dist.get_world_size())
+        timeout = timedelta(seconds=timeout_s)
+        group = dist.new_group(backend="gloo", timeout=timeout)
+        dcp_group = dist.new_group(backend="gloo", timeout=timeout)
+        return cls(group, dcp_group, dist.get_rank(), dist.get_world_size())
 
     @property
     def is_leader(self) -> bool:

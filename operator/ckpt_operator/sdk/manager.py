@@ -16,24 +16,18 @@ from ckpt_operator.api.names import Format
 from ckpt_operator.sdk.asyncsave import AsyncWriter
 from ckpt_operator.sdk.collective import DEFAULT_TIMEOUT_S, Collective
 from ckpt_operator.sdk.registry import CheckpointRecord, KubeRegistry, Registry
-from ckpt_operator.sdk.sharded import Outcome, agree, shard_prefix, write_sharded
+from ckpt_operator.sdk.sharded import Outcome, agree, load_part, write_sharded
 from ckpt_operator.sdk.state import (
-    MODEL_FILE,
     Staged,
     StateError,
-    load_state,
-    load_tensors,
-    read_files,
     rng_state,
     set_rng_state,
     stage_full,
     stage_weights,
 )
-from ckpt_operator.sdk.tensorfile import TensorFileError
 from ckpt_operator.sdk.writer import write_checkpoint
 from ckpt_operator.storage.layout import CheckpointName, parse_committed
-from ckpt_operator.storage.manifest import VerifyError, read_manifest
-from ckpt_operator.storage.store import Store, StoreError, as_store
+from ckpt_operator.storage.store import Store, as_store
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +188,29 @@ class CheckpointManager:
         staged = stage_weights(state, config or {}, copy=not blocking)
         return self._submit(name, staged, metrics, blocking)
 
+    def save_dcp(
+        self,
+        step: int,
+        state_dict: dict[str, Any],
+        *,
+        metrics: Mapping[str, float] | None = None,
+        blocking: bool = True,
+        **options: Any,
+    ) -> Any:
+        """Save ``state_dict`` (e.g. from ``torch.distributed.checkpoint.state_dict``) as one
+        DCP checkpoint; every rank calls it. Returns the URI, or with ``blocking=False`` the
+        future of ``dcp.async_save``. See :mod:`ckpt_operator.sdk.dcpio`."""
+        from ckpt_operator.sdk import dcpio
+
+        return dcpio.save(self, step, state_dict, metrics=metrics, blocking=blocking, **options)
+
+    def restore_dcp(self, state_dict: dict[str, Any], *, planner: Any = None) -> int | None:
+        """Load the newest DCP checkpoint that verifies into ``state_dict`` in place (any
+        world size: DCP reshards) and return its step; None when none does."""
+        from ckpt_operator.sdk import dcpio
+
+        return dcpio.restore(self, state_dict, planner=planner)
+
     def _submit(
         self,
         name: CheckpointName,
@@ -292,7 +309,7 @@ class CheckpointManager:
         the same candidate, or all move on to the next one.
         """
         for uri in self.candidates():
-            outcome, loaded = self._load_candidate(uri)
+            outcome, loaded = load_part(self.store, uri, self.collective(), verify=self.verify)
             outcome = agree(self.collective(), outcome)
             if outcome.fatal:
                 raise ValueError(f"cannot resume from {uri}: {outcome.reason}")
@@ -322,39 +339,6 @@ class CheckpointManager:
             self.registry.mark_invalid(
                 name.object_name(self.run), f"failed verification at restore: {outcome.reason}"
             )
-
-    def _load_candidate(self, uri: str) -> tuple[Outcome, _Loaded | None]:
-        """This rank's part of ``uri`` (its shard, or everything a single process wrote)."""
-        try:
-            rel = self.store.rel_from_uri(uri)
-        except StoreError as exc:
-            return Outcome(False, str(exc)), None
-        name = parse_committed(rel)
-        if name is None:
-            return Outcome(False, "not a committed checkpoint name"), None
-        if name.format == "dcp" or name.kind != "full":
-            return Outcome(False, f"a {name.format} {name.kind} checkpoint; not loaded here"), None
-        coll = self.collective()
-        world = 1 if coll is None else coll.size
-        try:
-            saved = (read_manifest(self.store, rel).world_size or 1) if name.is_directory else 1
-            if saved not in (1, world):
-                reason = (
-                    f"written by {saved} ranks, this job has {world}: native checkpoints do "
-                    "not reshard (save with format dcp to reshard)"
-                )
-                return Outcome(False, reason, fatal=True), None
-            prefix = shard_prefix(coll.rank) if coll is not None and saved > 1 else ""
-            _, buffers = read_files(self.store, rel, verify=self.verify, prefix=prefix)
-            doc = load_state(buffers)
-            model_file = buffers.get(MODEL_FILE)
-            model_state = None if model_file is None else load_tensors(model_file, MODEL_FILE)
-        except (VerifyError, TensorFileError, StateError, ValueError, KeyError) as exc:
-            return Outcome(False, str(exc), invalid=True), None
-        return Outcome(True), (int(doc["step"]), model_state, doc)
-
-
-_Loaded = tuple[int, dict[str, torch.Tensor] | None, dict[str, Any]]
 
 
 def _state_dict(

@@ -21,12 +21,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
 
 from ckpt_operator.sdk.collective import Collective
+from ckpt_operator.sdk.state import MODEL_FILE, StateError, load_state, load_tensors, read_files
+from ckpt_operator.sdk.tensorfile import TensorFileError
 from ckpt_operator.sdk.writer import Files, Sink, open_sink, prepare
-from ckpt_operator.storage.layout import CheckpointName
-from ckpt_operator.storage.manifest import FileEntry, Manifest
+from ckpt_operator.storage.layout import CheckpointName, parse_committed
+from ckpt_operator.storage.manifest import FileEntry, Manifest, VerifyError, read_manifest
 from ckpt_operator.storage.store import Store, StoreError
+
+Loaded = tuple[int, dict[str, torch.Tensor] | None, dict[str, Any]]
+"""A full checkpoint's step, model state dict and ``state.json`` document."""
 
 
 class ShardedSaveError(StoreError):
@@ -170,3 +178,36 @@ def agree(coll: Collective | None, outcome: Outcome) -> Outcome:
         invalid=any(v.invalid for _, v in bad),
         fatal=any(v.fatal for _, v in bad),
     )
+
+
+def load_part(
+    store: Store, uri: str, coll: Collective | None, *, verify: bool
+) -> tuple[Outcome, Loaded | None]:
+    """This rank's part of native checkpoint ``uri``: its own shard, or all of a checkpoint a
+    single process wrote (every rank loads that one). Never raises for a bad candidate."""
+    try:
+        rel = store.rel_from_uri(uri)
+    except StoreError as exc:
+        return Outcome(False, str(exc)), None
+    name = parse_committed(rel)
+    if name is None:
+        return Outcome(False, "not a committed checkpoint name"), None
+    if name.format == "dcp" or name.kind != "full":
+        return Outcome(False, f"a {name.format} {name.kind} checkpoint; not loaded here"), None
+    world = 1 if coll is None else coll.size
+    try:
+        saved = (read_manifest(store, rel).world_size or 1) if name.is_directory else 1
+        if saved not in (1, world):
+            reason = (
+                f"written by {saved} ranks, this job has {world}: native checkpoints do "
+                "not reshard (save with format dcp to reshard)"
+            )
+            return Outcome(False, reason, fatal=True), None
+        prefix = shard_prefix(coll.rank) if coll is not None and saved > 1 else ""
+        _, buffers = read_files(store, rel, verify=verify, prefix=prefix)
+        doc = load_state(buffers)
+        model_file = buffers.get(MODEL_FILE)
+        model_state = None if model_file is None else load_tensors(model_file, MODEL_FILE)
+    except (VerifyError, TensorFileError, StateError, ValueError, KeyError) as exc:
+        return Outcome(False, str(exc), invalid=True), None
+    return Outcome(True), (int(doc["step"]), model_state, doc)
