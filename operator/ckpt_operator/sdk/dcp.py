@@ -36,6 +36,7 @@ import torch
 from torch._weights_only_unpickler import load as weights_only_load
 from torch.distributed.checkpoint import metadata as md
 from torch.distributed.checkpoint.filesystem import (
+    CURRENT_DCP_VERSION,
     DEFAULT_SUFFIX,
     FileSystem,
     FileSystemReader,
@@ -179,7 +180,7 @@ class CheckpointWriter(FileSystemWriter):
                 files[checked.info.relative_path] = (checked.file_size, checked.file_checksum)
                 storage[result.index] = checked.info
         # What torch's finish does, but pickled with protocol 2 and a plain-string id.
-        metadata.version = "1.0.0"
+        metadata.version = CURRENT_DCP_VERSION
         metadata.storage_data = storage
         metadata.storage_meta = md.StorageMeta(
             checkpoint_id=self._store.uri(self._name.path), save_id=self.save_id

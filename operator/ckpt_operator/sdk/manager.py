@@ -308,6 +308,7 @@ class CheckpointManager:
         Under torch.distributed each rank checks its own shard and all ranks agree: they load
         the same candidate, or all move on to the next one.
         """
+        self.wait()  # a pending save would use the ranks' group concurrently
         for uri in self.candidates():
             outcome, loaded = load_part(self.store, uri, self.collective(), verify=self.verify)
             outcome = agree(self.collective(), outcome)
