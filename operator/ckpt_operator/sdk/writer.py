@@ -20,18 +20,15 @@ files (under its own sub-directory) to the one temporary directory or prefix, an
 commits or aborts.
 
 Bytes are checksummed as they are written (no re-read) in cache-sized chunks, and tensors
-are written from their own memory (no serialisation copy). Local files are written by a thread
-of their own (:class:`_FdWriter`) so the kernel's copy overlaps the checksum.
+are written from their own memory (no serialisation copy).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import shutil
 import tarfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -83,43 +80,12 @@ class _HashingOut:
         return str(self._hasher.hexdigest())
 
 
-class _FdWriter:
-    """Writes chunks to a file descriptor from a thread of its own.
+def _fd_writer(fd: int) -> Callable[[memoryview], None]:
+    def write(chunk: memoryview) -> None:
+        while chunk:
+            chunk = chunk[os.write(fd, chunk) :]
 
-    ``os.write`` releases the GIL and the checksum does not, so while this thread has the
-    kernel copy chunk *n* the caller hashes chunk *n + 1*: writing costs about the larger of
-    the copy and the hash instead of their sum (the serial pass was most of why a save ran at
-    0.87x raw speed on tmpfs). Chunks must not change until :meth:`close`; they view staged
-    tensors or buffers nobody writes to again.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._queue: queue.Queue[memoryview | None] = queue.Queue(maxsize=8)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="ckpt-fd-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            try:
-                while chunk and self._error is None:
-                    chunk = chunk[os.write(self._fd, chunk) :]
-            except BaseException as exc:
-                self._error = exc
-
-    def __call__(self, chunk: memoryview) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(chunk)
-
-    def close(self) -> None:
-        """Wait until every chunk is written; re-raise a failed write."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
+    return write
 
 
 def _fsync_dir(path: str) -> None:
@@ -132,17 +98,13 @@ def _fsync_dir(path: str) -> None:
 
 def _write_local_file(path: str, pieces: Sequence[memoryview]) -> tuple[int, str]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    writer = _FdWriter(fd)
     try:
-        out = _HashingOut(writer)
+        out = _HashingOut(_fd_writer(fd))
         for piece in pieces:
             out.write(piece)
         checksum = out.finish()
-        writer.close()
         os.fsync(fd)
     finally:
-        with contextlib.suppress(Exception):
-            writer.close()  # never leave the thread writing to a closed descriptor
         os.close(fd)
     return out.size, checksum
 
@@ -243,14 +205,13 @@ class _LocalTar(_Tar):
         self._tmp = store.resolve(tmp)
         self._final = store.resolve(final)
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        self._writer = _FdWriter(self._fd)
+        self._write_fd = _fd_writer(self._fd)
 
     def _raw(self, data: memoryview) -> None:
-        self._writer(data)
+        self._write_fd(data)
 
     def commit(self, manifest: bytes) -> None:
         self._finish(manifest)
-        self._writer.close()
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
@@ -258,8 +219,6 @@ class _LocalTar(_Tar):
         _fsync_dir(self._root)
 
     def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self._writer.close()
         if self._fd >= 0:
             os.close(self._fd)
         with contextlib.suppress(FileNotFoundError):
