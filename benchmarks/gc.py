@@ -23,23 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
-from kubernetes import client  # noqa: E402
-from kubernetes.client.exceptions import ApiException  # noqa: E402
-from tests.integration.ckpt_helpers import (  # noqa: E402
-    Cluster,
-    run_body,
-    wait_for,
-    write_checkpoint,
-)
-
-from ckpt_operator.api import crdgen  # noqa: E402
-from ckpt_operator.storage import layout  # noqa: E402
-from ckpt_operator.storage.store import Store  # noqa: E402
-from ckpt_operator.testing.controlplane import ControlPlane, api_client  # noqa: E402
-from ckpt_operator.testing.operator_process import OperatorProcess  # noqa: E402
+from ckpt_operator.api import crdgen
+from ckpt_operator.storage import layout
+from ckpt_operator.storage.store import Store
+from ckpt_operator.testing.checkpoints import write_checkpoint
+from ckpt_operator.testing.cluster import Cluster, run_body
+from ckpt_operator.testing.controlplane import ControlPlane, api_client
+from ckpt_operator.testing.operator_process import OperatorProcess
+from ckpt_operator.testing.waiting import wait_for
 
 
 def log(message: str) -> None:
@@ -89,7 +83,7 @@ def latency(
         c.delete(names[s])
     for s in range(1, samples + 1):
         wait_for(
-            lambda s=s: (c.ckpt(names[s]) or {}).get("status", {}).get("blockedBy"),
+            lambda s=s: (c.checkpoint(names[s]) or {}).get("status", {}).get("blockedBy"),
             60,
             f"step {s} blocked",
         )
@@ -126,11 +120,11 @@ def throughput(
 
 def _records_left(c: Cluster) -> int:
     try:
-        left = sorted(n for n in c.names() if n.startswith("bulk-"))
+        left = sorted(n for n in c.checkpoint_names() if n.startswith("bulk-"))
     except ApiException:  # a timeout under load: try again
         return -1
     if len(left) > 1:
-        finalizers = (c.ckpt(left[0]) or {}).get("metadata", {}).get("finalizers")
+        finalizers = (c.checkpoint(left[0]) or {}).get("metadata", {}).get("finalizers")
         log(f"{len(left)} records left, e.g. {left[0]} (finalizers {finalizers})")
     return len(left)
 

@@ -13,9 +13,13 @@ Starts its own control plane (etcd + kube-apiserver) and the operator as a real 
    minus this script's own pod status writes and reads (the full breakdown is printed too).
    The target is equal counts: selection reads Kopf indexes, never the API.
 
+With ``--nodes N`` every run is a gang of N workers: one worker of each is marked Failed, and
+the latency is until this script sees *all* N workers of attempt 1 (the operator deletes the
+other N-1 first; with no kubelet they go at once). No floor is measured for gangs.
+
 The last line printed is one JSON object with the figures. Usage::
 
-    .venv/bin/python benchmarks/restart_latency.py [--runs 100] [--checkpoints 10000]
+    .venv/bin/python benchmarks/restart_latency.py [--runs 100] [--checkpoints 10000] [--nodes 8]
 """
 
 from __future__ import annotations
@@ -23,31 +27,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # for tests.integration.trainingrun_helpers
+from kubernetes import client
 
-from kubernetes import client, watch  # noqa: E402
-from tests.integration.trainingrun_helpers import run_body, write_committed  # noqa: E402
-
-from ckpt_operator.api import crdgen, names  # noqa: E402
-from ckpt_operator.storage import layout  # noqa: E402
-from ckpt_operator.testing.controlplane import ControlPlane, api_client  # noqa: E402
-from ckpt_operator.testing.operator_process import OperatorProcess  # noqa: E402
-from ckpt_operator.testing.waiting import wait_for  # noqa: E402
+from ckpt_operator.api import crdgen, names
+from ckpt_operator.storage import layout
+from ckpt_operator.testing.checkpoints import write_checkpoint
+from ckpt_operator.testing.cluster import run_body
+from ckpt_operator.testing.controlplane import ControlPlane, api_client
+from ckpt_operator.testing.measure import PodWatch, fail_all, percentile, request_counts
+from ckpt_operator.testing.operator_process import OperatorProcess
+from ckpt_operator.testing.waiting import wait_for
 
 NS = "bench"
 FLOOR_LABEL = "bench.ckpt.dev/floor"
@@ -57,83 +56,6 @@ RELEVANT = ("pods", "trainingruns", "checkpoints", "events")
 
 def log(message: str) -> None:
     print(message, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
-class PodWatch:
-    """Records when this client first sees each pod (ADDED), from a background thread."""
-
-    def __init__(self, api: Any, label_selector: str) -> None:
-        self.core = client.CoreV1Api(api)
-        self.seen: dict[str, float] = {}
-        self.lock = threading.Lock()
-        self.label_selector = label_selector
-        self._stop = threading.Event()
-        listing = self.core.list_namespaced_pod(NS, label_selector=label_selector)
-        self.version = listing.metadata.resource_version
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            w = watch.Watch()
-            for event in w.stream(
-                self.core.list_namespaced_pod,
-                NS,
-                label_selector=self.label_selector,
-                resource_version=self.version,
-                timeout_seconds=30,
-            ):
-                now = time.monotonic()
-                pod = event["object"]
-                self.version = pod.metadata.resource_version
-                if event["type"] == "ADDED":
-                    with self.lock:
-                        self.seen.setdefault(pod.metadata.name, now)
-                if self._stop.is_set():
-                    w.stop()
-                    break
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def failed_status() -> dict[str, Any]:
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return {
-        "status": {
-            "phase": "Failed",
-            "containerStatuses": [
-                {
-                    "name": "trainer",
-                    "image": "trainer:latest",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": now}},
-                }
-            ],
-        }
-    }
-
-
-def fail_all(api: Any, pods: Iterable[str], workers: int = 16) -> dict[str, float]:
-    """Mark pods Failed concurrently; returns each pod's time just before its write."""
-    core = client.CoreV1Api(api)
-    started: dict[str, float] = {}
-
-    def fail(name: str) -> None:
-        started[name] = time.monotonic()
-        core.patch_namespaced_pod_status(name, NS, failed_status())
-
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(fail, pods))
-    return started
 
 
 def latencies(
@@ -201,49 +123,30 @@ def floor_pod(name: str) -> dict[str, Any]:
 
 # --- API request accounting -------------------------------------------------------------------
 
-_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+def workers(run: str, attempt: int, nodes: int) -> list[str]:
+    return [names.attempt_pod_name(run, attempt, rank, nodes) for rank in range(nodes)]
 
 
-def request_counts(api: Any) -> Counter[tuple[str, str, str]]:
-    """``(resource/subresource, verb, code) -> count`` from the API server's /metrics."""
-    response = api.call_api("GET", api.configuration.host + "/metrics")
-    response.read()
-    counts: Counter[tuple[str, str, str]] = Counter()
-    for line in response.data.decode().splitlines():
-        match = _SAMPLE.match(line)
-        if not match:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
-        if labels.get("verb") == "WATCH":
-            continue
-        resource = labels.get("resource", "")
-        if labels.get("subresource"):
-            resource += "/" + labels["subresource"]
-        counts[(resource, labels.get("verb", ""), labels.get("code", ""))] += int(
-            float(match["value"])
-        )
-    return counts
-
-
-def create_runs(api: Any, prefix: str, count: int, root: Path) -> list[str]:
+def create_runs(api: Any, prefix: str, count: int, root: Path, nodes: int = 1) -> list[str]:
     custom = client.CustomObjectsApi(api)
-    names = [f"{prefix}-{i}" for i in range(count)]
+    run_names = [f"{prefix}-{i}" for i in range(count)]
 
     def create(name: str) -> None:
         store = root / name
         store.mkdir(parents=True, exist_ok=True)
-        body = run_body(name, f"file://{store}", max_restarts=1000)
+        body = run_body(name, f"file://{store}", max_restarts=1000, numNodes=nodes)
         custom.create_namespaced_custom_object(names.GROUP, names.VERSION, NS, "trainingruns", body)
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(create, names))
-    return names
+        list(pool.map(create, run_names))
+    return run_names
 
 
-def pods_exist(api: Any, names: Iterable[str]) -> bool:
+def pods_exist(api: Any, run_names: Iterable[str]) -> bool:
     core = client.CoreV1Api(api)
     present = {p.metadata.name for p in core.list_namespaced_pod(NS).items}
-    return set(names) <= present
+    return set(run_names) <= present
 
 
 def add_checkpoints(api: Any, runs: list[str], total: int, root: Path) -> None:
@@ -251,7 +154,7 @@ def add_checkpoints(api: Any, runs: list[str], total: int, root: Path) -> None:
     custom = client.CustomObjectsApi(api)
     jobs = [(runs[i % len(runs)], 10 * (i // len(runs) + 1)) for i in range(total)]
     for run, step in jobs:
-        write_committed(root / run, run, step, 0)
+        write_checkpoint(root / run, run, step, 0)
 
     def register(job: tuple[str, int]) -> None:
         run, step = job
@@ -324,24 +227,26 @@ def runs_at(api: Any, runs: list[str], attempt: int, latest_step: int | None = N
 
 
 def measure_cost(
-    api: Any, prefix: str, checkpoints: int, root: Path, runs: int = 10
+    api: Any, prefix: str, checkpoints: int, root: Path, runs: int = 10, nodes: int = 1
 ) -> dict[str, Any]:
     """API requests per restart for ``runs`` runs holding ``checkpoints`` checkpoints."""
-    names = create_runs(api, prefix, runs, root)
-    wait_for(lambda: pods_exist(api, [names.attempt_pod_name(n, 0) for n in names]), 120, "pods")
+    run_names = create_runs(api, prefix, runs, root, nodes)
+    first = [p for n in run_names for p in workers(n, 0, nodes)]
+    wait_for(lambda: pods_exist(api, first), 120, "pods")
     started = time.monotonic()
-    add_checkpoints(api, names, checkpoints, root)
+    add_checkpoints(api, run_names, checkpoints, root)
     newest = 10 * -(-checkpoints // runs)
     settled(api)
-    wait_for(lambda: runs_at(api, names, 0, newest), 120, "latestCheckpoint", 0.5)
+    wait_for(lambda: runs_at(api, run_names, 0, newest), 120, "latestCheckpoint", 0.5)
     log(
         f"  {checkpoints} checkpoints registered and verified in {time.monotonic() - started:.0f} s"
     )
     time.sleep(3)  # let the operator settle
     before = request_counts(api)
-    fail_all(api, [names.attempt_pod_name(n, 0) for n in names])
-    wait_for(lambda: pods_exist(api, [names.attempt_pod_name(n, 1) for n in names]), 60, "restarts")
-    wait_for(lambda: runs_at(api, names, 1), 60, "attempt 1 recorded", 0.1)
+    fail_all(api, NS, [names.attempt_pod_name(n, 0, nodes - 1, nodes) for n in run_names])
+    second = [p for n in run_names for p in workers(n, 1, nodes)]
+    wait_for(lambda: pods_exist(api, second), 60, "restarts")
+    wait_for(lambda: runs_at(api, run_names, 1), 60, "attempt 1 recorded", 0.1)
     time.sleep(2)
     after = request_counts(api)
     delta = after - before
@@ -362,6 +267,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--checkpoints", type=int, default=10_000)
+    parser.add_argument("--nodes", type=int, default=1, help="workers per attempt (a gang)")
     parser.add_argument("--floor-client", metavar="KUBECONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_client:
@@ -383,71 +289,86 @@ def main() -> None:
         operator.start()
         try:
             # 1a. the operator
-            runs = create_runs(api, "lat", args.runs, root / "stores")
-            pods0 = [names.attempt_pod_name(r, 0) for r in runs]
-            wait_for(lambda: pods_exist(api, pods0), 300, "attempt-0 pods")
+            nodes = args.nodes
+            runs = create_runs(api, "lat", args.runs, root / "stores", nodes)
+            everyone = [p for r in runs for p in workers(r, 0, nodes)]
+            wait_for(lambda: pods_exist(api, everyone), 300, "attempt-0 pods")
             time.sleep(2)
-            watcher = PodWatch(api, names.LABEL_RUN)
-            started = fail_all(api, pods0)
-            nxt = lambda name: name.replace("-attempt-0", "-attempt-1")  # noqa: E731
+            watcher = PodWatch(api, NS, names.LABEL_RUN)
+            victims = {names.attempt_pod_name(r, 0, nodes - 1, nodes): r for r in runs}
+            started = fail_all(api, NS, victims)
+            successors = {v: workers(r, 1, nodes) for v, r in victims.items()}
             wait_for(
-                lambda: all(nxt(p) in watcher.seen for p in pods0), 300, "attempt-1 pods", 0.05
+                lambda: all(p in watcher.seen for ps in successors.values() for p in ps),
+                300,
+                "attempt-1 pods",
+                0.05,
             )
             watcher.stop()
-            operator_lat = latencies(started, watcher.seen, nxt)
+            operator_lat = [
+                max(watcher.seen[p] for p in successors[v]) - t for v, t in started.items()
+            ]
+            nxt = lambda name: name.replace("-attempt-0", "-attempt-1")  # noqa: E731
 
-            # 1b. the floor
-            floor = subprocess.Popen(
-                [sys.executable, __file__, "--floor-client", str(plane.kubeconfig)],
-                stdout=subprocess.PIPE,
-                env={**os.environ, "PYTHONPATH": str(REPO / "operator")},
-            )
-            try:
-                assert floor.stdout is not None
-                assert floor.stdout.readline().strip() == b"READY"
-                floor_pods = [f"floor-{i}-attempt-0" for i in range(args.runs)]
-                with ThreadPoolExecutor(8) as pool:
-                    list(
-                        pool.map(lambda n: core.create_namespaced_pod(NS, floor_pod(n)), floor_pods)
-                    )
-                wait_for(lambda: pods_exist(api, floor_pods), 120, "floor pods")
-                time.sleep(2)
-                watcher = PodWatch(api, FLOOR_LABEL)
-                started = fail_all(api, floor_pods)
-                wait_for(
-                    lambda: all(nxt(p) in watcher.seen for p in floor_pods), 300, "floor", 0.05
-                )
-                watcher.stop()
-                floor_lat = latencies(started, watcher.seen, nxt)
-            finally:
-                floor.kill()
-                floor.wait()
-
+            # 1b. the floor (single-node only: it knows nothing of gangs)
+            floor_lat = operator_lat if nodes > 1 else measure_floor(api, plane, args.runs, nxt)
             p50, p99 = percentile(operator_lat, 0.5), percentile(operator_lat, 0.99)
             f50, f99 = percentile(floor_lat, 0.5), percentile(floor_lat, 0.99)
-            mean, fmean = statistics.mean(operator_lat), statistics.mean(floor_lat)
-            log(f"operator: p50 {p50:.3f} s, p99 {p99:.3f} s, mean {mean:.3f} s")
-            log(f"floor:    p50 {f50:.3f} s, p99 {f99:.3f} s, mean {fmean:.3f} s")
-            log(f"ratio p50 {p50 / f50:.2f}, p99 {p99 / f99:.2f} (N={args.runs})")
+            mean = statistics.mean(operator_lat)
+            log(f"operator: p50 {p50:.3f} s, p99 {p99:.3f} s, mean {mean:.3f} s (nodes={nodes})")
+            if nodes == 1:
+                log(f"floor:    p50 {f50:.3f} s, p99 {f99:.3f} s")
+                log(f"ratio p50 {p50 / f50:.2f}, p99 {p99 / f99:.2f} (N={args.runs})")
 
             # 2. API requests per restart
-            small = measure_cost(api, "few", 10, root / "stores")
-            large = measure_cost(api, "many", args.checkpoints, root / "stores")
+            small = measure_cost(api, "few", 10, root / "stores", nodes=nodes)
+            large = measure_cost(api, "many", args.checkpoints, root / "stores", nodes=nodes)
         finally:
             operator.stop()
     figures = {
         "n_runs": args.runs,
+        "nodes": args.nodes,
         "p50_s": round(p50, 4),
         "p99_s": round(p99, 4),
-        "floor_p50_s": round(f50, 4),
-        "floor_p99_s": round(f99, 4),
-        "floor_ratio": round(p50 / f50, 3),
-        "floor_ratio_p99": round(p99 / f99, 3),
         "requests_per_restart_10": small["per_restart"],
-        "requests_per_restart_10000": large["per_restart"],
+        "requests_per_restart_large": large["per_restart"],
         "checkpoints_large": args.checkpoints,
     }
+    if args.nodes == 1:
+        figures.update(
+            floor_p50_s=round(f50, 4),
+            floor_p99_s=round(f99, 4),
+            floor_ratio=round(p50 / f50, 3),
+            floor_ratio_p99=round(p99 / f99, 3),
+        )
     print(json.dumps(figures), flush=True)
+
+
+def measure_floor(
+    api: Any, plane: ControlPlane, runs: int, nxt: Callable[[str], str]
+) -> list[float]:
+    """Restart latencies of a minimal watch -> create client, in its own process."""
+    core = client.CoreV1Api(api)
+    floor = subprocess.Popen(
+        [sys.executable, __file__, "--floor-client", str(plane.kubeconfig)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert floor.stdout is not None
+        assert floor.stdout.readline().strip() == b"READY"
+        floor_pods = [f"floor-{i}-attempt-0" for i in range(runs)]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda n: core.create_namespaced_pod(NS, floor_pod(n)), floor_pods))
+        wait_for(lambda: pods_exist(api, floor_pods), 120, "floor pods")
+        time.sleep(2)
+        watcher = PodWatch(api, NS, FLOOR_LABEL)
+        started = fail_all(api, NS, floor_pods)
+        wait_for(lambda: all(nxt(p) in watcher.seen for p in floor_pods), 300, "floor", 0.05)
+        watcher.stop()
+        return latencies(started, watcher.seen, nxt)
+    finally:
+        floor.kill()
+        floor.wait()
 
 
 if __name__ == "__main__":

@@ -17,18 +17,16 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from ckpt_operator.api import names
+from ckpt_operator.sdk import Consumer
+from ckpt_operator.sdk.registry import KubeRegistry
 from ckpt_operator.storage import layout
 from ckpt_operator.storage.manifest import verify
 from ckpt_operator.storage.store import Store
+from ckpt_operator.testing.checkpoints import write_checkpoint
+from ckpt_operator.testing.cluster import Cluster, run_body
+from ckpt_operator.testing.measure import request_counts
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.waiting import wait_for
-from tests.integration.ckpt_helpers import (
-    Cluster,
-    exists,
-    run_body,
-    write_checkpoint,
-)
-from tests.integration.trainingrun_helpers import Cluster as RunCluster
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +47,13 @@ class Env:
     def ready(self, run: dict[str, Any], *steps: int, fmt: names.Format = "dir") -> list[str]:
         """Write and register checkpoints; wait until each is Ready."""
         store = self.store(run["metadata"]["name"])
-        names = []
+        ckpts = []
         for step in steps:
             write_checkpoint(store, run["metadata"]["name"], step, fmt=fmt)
-            names.append(self.cluster.register(run, step, fmt=fmt))
-        for name in names:
-            self.cluster.wait_phase(name, "Ready")
-        return names
+            ckpts.append(self.cluster.register(run, step, fmt=fmt))
+        for name in ckpts:
+            self.cluster.wait_checkpoint(name, "Ready")
+        return ckpts
 
     def path(self, run: str, step: int, fmt: names.Format = "dir") -> Path:
         return self.root / run / layout.CheckpointName(step, 0, fmt).path
@@ -79,13 +77,13 @@ def env(
 
 
 def test_consumer_lag_holds_storage_until_a_greater_step_is_reported(env: Env) -> None:
-    """Invariant 1: step 5 expires by retention while the consumer has loaded 5."""
+    """Safe deletion: step 5 expires by retention while the consumer has loaded 5."""
     c = env.cluster
     run = env.run("lag", retention={"keepLast": 1})
     c.consumer("infer", "lag", loaded=5)
     five, six = env.ready(run, 5, 6)
     body = wait_for(
-        lambda: (b := c.ckpt(five)) and (b.get("status") or {}).get("blockedBy") and b,
+        lambda: (b := c.checkpoint(five)) and (b.get("status") or {}).get("blockedBy") and b,
         15,
         "retention to mark step 5 and the consumer to block it",
     )
@@ -102,8 +100,8 @@ def test_consumer_lag_holds_storage_until_a_greater_step_is_reported(env: Env) -
     reported = time.monotonic()
     wait_for(lambda: not env.path("lag", 5).exists(), 5, "step 5's storage to go")
     assert time.monotonic() - reported < 3
-    wait_for(lambda: c.ckpt(five) is None, 5, "the step 5 record to go")
-    assert env.path("lag", 6).exists() and c.phase(six) == "Ready"
+    wait_for(lambda: c.checkpoint(five) is None, 5, "the step 5 record to go")
+    assert env.path("lag", 6).exists() and c.checkpoint_phase(six) == "Ready"
 
 
 def _lock(path: Path) -> Callable[[], None]:
@@ -126,14 +124,14 @@ def test_missing_files_succeed_and_storage_errors_retry_without_losing_the_recor
     one, two, _three = env.ready(run, 1, 2, 3)
     shutil.rmtree(env.path("fail", 1))
     c.delete(one)
-    wait_for(lambda: c.ckpt(one) is None, 10, "a checkpoint with missing files to be deleted")
+    wait_for(lambda: c.checkpoint(one) is None, 10, "a checkpoint with missing files to be deleted")
 
     unlock = _lock(env.path("fail", 2))
     try:
         c.delete(two)
         body = wait_for(
             lambda: (
-                (b := c.ckpt(two))
+                (b := c.checkpoint(two))
                 and any(
                     x["type"] == "DeleteFailed" and x["status"] == "True"
                     for x in (b.get("status") or {}).get("conditions", [])
@@ -145,12 +143,12 @@ def test_missing_files_succeed_and_storage_errors_retry_without_losing_the_recor
         )
         failed = next(x for x in body["status"]["conditions"] if x["type"] == "DeleteFailed")
         assert "step-0000000002.attempt-0" in failed["message"]
-        wait_for(lambda: c.events("DeleteFailed"), 10, "a DeleteFailed event")
+        wait_for(lambda: c.events_with_reason("DeleteFailed"), 10, "a DeleteFailed event")
         time.sleep(2)
-        assert c.ckpt(two) is not None, "the record must stay while its storage cannot go"
+        assert c.checkpoint(two) is not None, "the record must stay while its storage cannot go"
     finally:
         unlock()
-    wait_for(lambda: c.ckpt(two) is None, 30, "the retry to delete step 2")
+    wait_for(lambda: c.checkpoint(two) is None, 30, "the retry to delete step 2")
     assert not env.path("fail", 2).exists()
 
 
@@ -160,48 +158,49 @@ def test_newest_ready_and_resume_target_survive_retention_and_bulk_delete(
     """The TrainingRun controller resumes attempt 1 from step 4; retention (keepLast 1) and a
     bulk delete keep it and the newest, until forced or until the attempt ends."""
     c = env.cluster
-    runs = RunCluster(k8s, c.ns)
     fast = {"restartPolicy": {"maxRestarts": 5, "backoff": {"initialSeconds": 0, "maxSeconds": 0}}}
     run = env.run("keep", retention={"keepLast": 1}, **fast)
-    runs.wait_pod("keep", 0)
-    names = env.ready(run, 1, 2, 3, 4)
-    wait_for(lambda: c.names() == {names[3]}, 20, "retention to expire steps 1-3")
+    c.wait_pod("keep", 0)
+    ckpts = env.ready(run, 1, 2, 3, 4)
+    wait_for(lambda: c.checkpoint_names() == {ckpts[3]}, 20, "retention to expire steps 1-3")
     assert [p.name for p in (env.root / "keep").iterdir()] == [env.path("keep", 4).name]
 
-    runs.fail_pod("keep", 0)
+    c.fail_pod("keep", 0)
     wait_for(
         lambda: (
-            [(a.get("resumedFrom") or {}).get("name") for a in runs.status("keep")["attempts"]][-1:]
-            == [names[3]]
+            [(a.get("resumedFrom") or {}).get("name") for a in c.status("keep")["attempts"]][-1:]
+            == [ckpts[3]]
         ),
         20,
         "attempt 1 to resume from step 4",
     )
     (five,) = env.ready(run, 5)
     time.sleep(2.5)  # several retention passes
-    assert not (c.ckpt(names[3]) or {})["metadata"].get("deletionTimestamp")
+    assert not (c.checkpoint(ckpts[3]) or {})["metadata"].get("deletionTimestamp")
     assert env.path("keep", 4).exists()
 
-    for name in (names[3], five):  # a bulk delete without --force
+    for name in (ckpts[3], five):  # a bulk delete without --force
         c.delete(name)
     blocked = {
         n: wait_for(
-            lambda n=n: (c.ckpt(n) or {}).get("status", {}).get("blockedBy"), 10, f"{n} blocked"
+            lambda n=n: (c.checkpoint(n) or {}).get("status", {}).get("blockedBy"),
+            10,
+            f"{n} blocked",
         )
-        for n in (names[3], five)
+        for n in (ckpts[3], five)
     }
-    assert blocked[names[3]] == ["resume target of a pending or running attempt of keep"]
+    assert blocked[ckpts[3]] == ["resume target of a pending or running attempt of keep"]
     assert blocked[five] == ["newest Ready checkpoint of keep"]
     time.sleep(1.5)
     assert env.path("keep", 4).exists() and env.path("keep", 5).exists()
 
     c.annotate(five, {names.ANNOTATION_FORCE_DELETE: "true"})
-    wait_for(lambda: c.ckpt(five) is None, 15, "the forced newest to go")
+    wait_for(lambda: c.checkpoint(five) is None, 15, "the forced newest to go")
     assert not env.path("keep", 5).exists()
-    runs.fail_pod("keep", 1)  # attempt 1 ends: step 4 is no longer its resume target
+    c.fail_pod("keep", 1)  # attempt 1 ends: step 4 is no longer its resume target
     wait_for(
         lambda: (
-            (c.ckpt(names[3]) or {}).get("status", {}).get("blockedBy")
+            (c.checkpoint(ckpts[3]) or {}).get("status", {}).get("blockedBy")
             == ["newest Ready checkpoint of keep"]
         ),
         15,
@@ -211,7 +210,7 @@ def test_newest_ready_and_resume_target_survive_retention_and_bulk_delete(
 
 
 def test_path_attacks_are_refused_and_nothing_outside_is_touched(env: Env, tmp_path: Path) -> None:
-    """Invariant 5: paths and store roots outside what is allowed are refused."""
+    """Confined paths: paths and store roots outside what is allowed are refused."""
     c = env.cluster
     run = env.run("safe")
     for bad in ("../../etc", "/etc", "a/../../etc", "file:///etc/passwd"):
@@ -235,44 +234,48 @@ def test_path_attacks_are_refused_and_nothing_outside_is_touched(env: Env, tmp_p
     link = env.path("safe", 7)
     link.symlink_to(victim, target_is_directory=True)
     name = c.register(run, 7)
-    body = c.wait_phase(name, "Invalid")
+    body = c.wait_checkpoint(name, "Invalid")
     assert "outside" in body["status"]["message"] and "symlink" in body["status"]["message"]
     c.annotate(name, {names.ANNOTATION_FORCE_DELETE: "true"})
     c.delete(name)
-    wait_for(lambda: c.ckpt(name) is None, 10, "the record of the symlinked checkpoint to go")
+    wait_for(lambda: c.checkpoint(name) is None, 10, "the record of the symlinked checkpoint to go")
     assert sorted(p.name for p in victim.iterdir()) == before
 
     # A run whose store root is outside the allowed roots: refused, files untouched.
     rogue = c.create_run(run_body("rogue", f"file://{outside}"))
     rogue_name = c.register(rogue, 7)
-    body = c.wait_phase(rogue_name, "Invalid")
+    body = c.wait_checkpoint(rogue_name, "Invalid")
     assert "not inside any allowed root" in body["status"]["message"]
     time.sleep(2)  # a few store-scan ticks: nothing registered from there
-    assert {n for n in c.names() if n.startswith("rogue")} == {rogue_name}
+    assert {n for n in c.checkpoint_names() if n.startswith("rogue")} == {rogue_name}
     c.annotate(rogue_name, {names.ANNOTATION_FORCE_DELETE: "true"})
     c.delete(rogue_name)
-    wait_for(lambda: c.ckpt(rogue_name) is None, 10, "the rogue record to go")
+    wait_for(lambda: c.checkpoint(rogue_name) is None, 10, "the rogue record to go")
     assert sorted(p.name for p in victim.iterdir()) == before
-    assert exists(link)
+    assert link.is_symlink()
 
 
 def test_sigkill_at_any_instant_deletes_nothing_unsafe_and_leaves_no_finalizer(
     env: Env,
 ) -> None:
-    """Invariant 4: kill during a bulk deletion and while blocked; restart converges."""
+    """Crash convergence: kill during a bulk deletion and while blocked; restart converges."""
     c = env.cluster
     run = env.run("kill")
     c.consumer("infer", "kill", loaded=3)
-    names = env.ready(run, 1, 2, 3, 4, 5, 6)
-    for name in names[:5]:
+    ckpts = env.ready(run, 1, 2, 3, 4, 5, 6)
+    for name in ckpts[:5]:
         c.delete(name)
     time.sleep(0.3)
     env.operator.kill()
     env.operator.start()
-    wait_for(lambda: c.ckpt(names[0]) is None and c.ckpt(names[1]) is None, 15, "1, 2 to go")
-    for step, name in zip(range(3, 6), names[2:5], strict=True):
+    wait_for(
+        lambda: c.checkpoint(ckpts[0]) is None and c.checkpoint(ckpts[1]) is None, 15, "1, 2 to go"
+    )
+    for step, name in zip(range(3, 6), ckpts[2:5], strict=True):
         wait_for(
-            lambda name=name: (c.ckpt(name) or {}).get("status", {}).get("blockedBy"), 10, name
+            lambda name=name: (c.checkpoint(name) or {}).get("status", {}).get("blockedBy"),
+            10,
+            name,
         )
         assert env.path("kill", step).exists()
     env.operator.kill()  # while the finalizers wait for the consumer
@@ -282,12 +285,16 @@ def test_sigkill_at_any_instant_deletes_nothing_unsafe_and_leaves_no_finalizer(
     for step in (3, 4, 5, 6):
         assert env.path("kill", step).exists(), f"step {step} deleted unsafely after restart"
     c.report("infer", 6)
-    wait_for(lambda: c.names() == {names[5]}, 15, "3, 4, 5 to go after the report")
+    wait_for(lambda: c.checkpoint_names() == {ckpts[5]}, 15, "3, 4, 5 to go after the report")
     assert [p.name for p in (env.root / "kill").iterdir()] == [env.path("kill", 6).name]
 
     c.core.delete_namespaced_pod("infer", c.ns)
     c.delete("kill", "trainingruns")
-    wait_for(lambda: c.run("kill") is None and not c.names(), 30, "the run and its checkpoints")
+    wait_for(
+        lambda: c.run("kill") is None and not c.checkpoint_names(),
+        30,
+        "the run and its checkpoints",
+    )
     assert list((env.root / "kill").iterdir()) == []
 
 
@@ -315,9 +322,9 @@ def test_store_scan_registers_committed_checkpoints_and_sweeps_orphans(env: Env)
     os.utime(old_tmp / "model.bin", (past, past))
     os.utime(old_tmp, (past, past))
     one, two = (names.checkpoint_object_name("scan", s, 0) for s in (1, 2))
-    wait_for(lambda: {one, two} <= c.names(), 15, "the scan to register steps 1 and 2")
+    wait_for(lambda: {one, two} <= c.checkpoint_names(), 15, "the scan to register steps 1 and 2")
     for name in (one, two):
-        body = c.wait_phase(name, "Ready")
+        body = c.wait_checkpoint(name, "Ready")
         assert body["metadata"]["ownerReferences"][0]["uid"] == run["metadata"]["uid"]
     wait_for(lambda: not old_tmp.exists(), 10, "the old temporary to be swept")
     assert new_tmp.exists(), "a fresh temporary is work in progress"
@@ -326,7 +333,7 @@ def test_store_scan_registers_committed_checkpoints_and_sweeps_orphans(env: Env)
 
     c.delete("scan", "trainingruns")  # deleting the run deletes its checkpoints
     wait_for(lambda: c.run("scan") is None, 30, "the run to go")
-    assert not c.names()
+    assert not c.checkpoint_names()
     assert list((env.root / "scan").iterdir()) == []
 
 
@@ -336,8 +343,8 @@ def test_a_silent_consumer_stops_blocking_and_is_flagged(env: Env) -> None:
     c.consumer("mute", "quiet")
     one, _two = env.ready(run, 1, 2)
     c.delete(one)
-    wait_for(lambda: (c.ckpt(one) or {}).get("status", {}).get("blockedBy"), 5, "blocked")
-    wait_for(lambda: c.ckpt(one) is None, 15, "the silent consumer to stop blocking")
+    wait_for(lambda: (c.checkpoint(one) or {}).get("status", {}).get("blockedBy"), 5, "blocked")
+    wait_for(lambda: c.checkpoint(one) is None, 15, "the silent consumer to stop blocking")
     assert not env.path("quiet", 1).exists()
 
     def flagged() -> bool:
@@ -348,5 +355,89 @@ def test_a_silent_consumer_stops_blocking_and_is_flagged(env: Env) -> None:
         )
 
     wait_for(flagged, 10, "ConsumersHealthy=False")
-    events = wait_for(lambda: c.events("ConsumerSilent"), 10, "a ConsumerSilent event")
+    events = wait_for(lambda: c.events_with_reason("ConsumerSilent"), 10, "a ConsumerSilent event")
     assert events[0].type == "Warning" and "mute" in events[0].message
+
+
+def test_a_consumer_that_keeps_serving_one_step_stays_protected_while_alive(env: Env) -> None:
+    """Liveness comes from the consumer being alive (its heartbeat), not from the step
+    changing: serving step 1 for longer than reportTimeoutSeconds keeps step 1; once the
+    heartbeats stop, it turns silent and stops blocking (safe deletion)."""
+    c = env.cluster
+    run = env.run("serve", consumers={"reportTimeoutSeconds": 3})
+    c.consumer("server", "serve")
+    consumer = Consumer(
+        env.store("serve"),
+        run="serve",
+        pod="server",
+        registry=KubeRegistry(c.ns, c.custom, c.core),
+    )
+    one, _two = env.ready(run, 1, 2)
+    assert consumer.report_loaded(1)
+    c.delete(one)
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        assert consumer.report_loaded(1)  # still serving step 1: a heartbeat
+        assert c.checkpoint(one) is not None, "deleted while its consumer was alive"
+        time.sleep(1)
+    assert env.path("serve", 1).exists()
+    wait_for(lambda: c.checkpoint(one) is None, 15, "the consumer to turn silent")
+    assert not env.path("serve", 1).exists()
+
+
+def test_a_store_entry_escaping_the_store_is_skipped_named_and_the_rest_registered(
+    env: Env, tmp_path: Path
+) -> None:
+    """A symlink out of the store (named like a checkpoint, and as a temporary) must not stop
+    the scan or the sweep: it is skipped with a Warning naming it, and a valid checkpoint that
+    sorts after it is still registered (confined paths)."""
+    c = env.cluster
+    env.run("evil")
+    outside = tmp_path / "outside"
+    target = outside / write_checkpoint(outside, "evil", 5)
+    store_dir = env.root / "evil"
+    store_dir.mkdir(exist_ok=True)
+    (store_dir / "step-0000000005.attempt-0").symlink_to(target, target_is_directory=True)
+    (store_dir / ".tmp.step-0000000007.attempt-0.cccc").symlink_to(outside)
+    write_checkpoint(env.store("evil"), "evil", 6)
+    six = names.checkpoint_object_name("evil", 6, 0)
+    wait_for(lambda: six in c.checkpoint_names(), 15, "step 6 to be registered")
+    c.wait_checkpoint(six, "Ready")
+    warned = wait_for(
+        lambda: [
+            e
+            for e in c.events("evil")
+            if e.reason == "UnsafeStoreEntry" and "step-0000000005.attempt-0" in e.message
+        ],
+        15,
+        "a Warning naming the entry",
+    )
+    assert warned[0].type == "Warning"
+    assert names.checkpoint_object_name("evil", 5, 0) not in c.checkpoint_names()
+    assert target.is_dir() and (target / "model.bin").exists(), "nothing outside is touched"
+    assert "checkpoint-maintenance' failed" not in env.operator.log_text()
+
+
+def test_restarting_the_operator_costs_no_write_per_verified_checkpoint(env: Env, k8s: Any) -> None:
+    """Checkpoints registered while the operator is down are verified when it starts; the
+    ones it verified before cost nothing at a restart (no resume handlers: a large cluster
+    would otherwise pay one patch per checkpoint at every operator start)."""
+    c = env.cluster
+    run = env.run("restart")
+    before_down = env.ready(run, 1, 2, 3, 4, 5, 6)
+    env.operator.stop()
+    store = env.store("restart")
+    write_checkpoint(store, "restart", 7)
+    late = c.register(run, 7)
+    counts = request_counts(k8s)
+    env.operator.start()
+    c.wait_checkpoint(late, "Ready")
+    time.sleep(3)
+    writes = {
+        key: n
+        for key, n in (request_counts(k8s) - counts).items()
+        if key[0].startswith("checkpoints") and key[1] in ("PATCH", "PUT", "POST")
+    }
+    # The late one alone (finalizer, Kopf's bookkeeping, status): nothing for the other six.
+    assert sum(writes.values()) <= 6, writes
+    assert all(c.checkpoint_phase(n) == "Ready" for n in before_down)

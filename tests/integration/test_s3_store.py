@@ -14,10 +14,11 @@ from kubernetes import client
 from ckpt_operator.api import names
 from ckpt_operator.storage import layout
 from ckpt_operator.storage.store import Store
+from ckpt_operator.testing.checkpoints import write_checkpoint
+from ckpt_operator.testing.cluster import Cluster, run_body
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.s3 import S3Server, moto_s3
 from ckpt_operator.testing.waiting import wait_for
-from tests.integration.ckpt_helpers import Cluster, run_body, write_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -62,28 +63,28 @@ def test_s3_store_lifecycle(
     c.consumer("infer", "s3run", loaded=1)
     one, two = c.register(run, 1, fmt="dir"), c.register(run, 2, fmt="tar")
     three = names.checkpoint_object_name("s3run", 3, 0)
-    wait_for(lambda: three in c.names(), 15, "the scan to register step 3")
+    wait_for(lambda: three in c.checkpoint_names(), 15, "the scan to register step 3")
     for name in (one, two, three):
-        body = c.wait_phase(name, "Ready")
+        body = c.wait_checkpoint(name, "Ready")
         assert body["status"]["sizeBytes"] > 0 and body["status"]["digest"]
 
     def present(step: int, fmt: names.Format) -> bool:
         return bool(store.exists(layout.CheckpointName(step, 0, fmt).path))
 
     c.delete(one)
-    wait_for(lambda: (c.ckpt(one) or {}).get("status", {}).get("blockedBy"), 10, "blocked")
+    wait_for(lambda: (c.checkpoint(one) or {}).get("status", {}).get("blockedBy"), 10, "blocked")
     assert present(1, "dir")
     c.report("infer", 2)
-    wait_for(lambda: c.ckpt(one) is None, 10, "step 1 to go after the report")
+    wait_for(lambda: c.checkpoint(one) is None, 10, "step 1 to go after the report")
     assert not present(1, "dir")
 
     c.report("infer", 3)
     c.delete(two)
-    wait_for(lambda: c.ckpt(two) is None, 10, "the tar checkpoint to go")
+    wait_for(lambda: c.checkpoint(two) is None, 10, "the tar checkpoint to go")
     assert not present(2, "tar")
 
     c.core.delete_namespaced_pod("infer", namespace)
     c.delete("s3run", "trainingruns")
     wait_for(lambda: c.run("s3run") is None, 30, "the run and its checkpoints to go")
-    assert not c.names()
+    assert not c.checkpoint_names()
     assert store.list_entries() == []

@@ -1,8 +1,8 @@
 """The TrainingRun controller against a real API server, pods driven through their phases here.
 
-Invariant 3 (resume target = newest Ready checkpoint of any attempt): ``test_resumes_from_
-newest_checkpoint_of_any_attempt``. Invariant 2 (never resume from anything not verified, or
-Terminating): ``test_invalid_and_terminating_checkpoints_are_skipped``. Invariant 4 (killed at
+Newest resume (resume target = newest Ready checkpoint of any attempt): ``test_resumes_from_
+newest_checkpoint_of_any_attempt``. Verified resume (never resume from anything not verified, or
+Terminating): ``test_invalid_and_terminating_checkpoints_are_skipped``. Crash convergence (killed at
 any instant: converges, no duplicate attempt): the two ``test_operator_killed_*`` tests.
 """
 
@@ -19,14 +19,9 @@ from kubernetes.client.exceptions import ApiException
 
 from ckpt_operator.api import names
 from ckpt_operator.storage import layout
+from ckpt_operator.testing.cluster import Cluster, candidate_steps, env_of, run_body
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.waiting import wait_for
-from tests.integration.trainingrun_helpers import (
-    Cluster,
-    candidate_steps,
-    env_of,
-    run_body,
-)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -79,6 +74,7 @@ def test_resumes_from_newest_checkpoint_of_any_attempt(
         "team": "ml",
         names.LABEL_RUN: "r",
         names.LABEL_ATTEMPT: "0",
+        names.LABEL_NODE_RANK: "0",
     }
     assert pod0.metadata.annotations["note"] == "kept"
     owner = pod0.metadata.owner_references[0]
@@ -86,7 +82,7 @@ def test_resumes_from_newest_checkpoint_of_any_attempt(
     assert owner.controller and owner.block_owner_deletion
 
     kube.run_pod("r", 0)
-    kube.wait_phase("r", "Running")
+    kube.wait_run_phase("r", "Running")
     for step in (100, 200):
         kube.wait_checkpoint(kube.add_checkpoint("r", store, step, 0), "Ready")
     wait_for(
@@ -140,11 +136,11 @@ def test_invalid_and_terminating_checkpoints_are_skipped(
     """Newest (400) never verified, 300 turned Invalid, 200 Terminating: resume from 100."""
     kube.create_run(run_body("r", uri(store)))
     kube.wait_pod("r", 0)
-    names = {s: kube.add_checkpoint("r", store, s, 0) for s in (100, 200, 300)}
-    for name in names.values():
+    ckpts = {s: kube.add_checkpoint("r", store, s, 0) for s in (100, 200, 300)}
+    for name in ckpts.values():
         kube.wait_checkpoint(name, "Ready")
-    kube.set_checkpoint_phase(names[300], "Invalid")
-    kube.hold_and_delete_checkpoint(names[200])
+    kube.set_checkpoint_phase(ckpts[300], "Invalid")
+    kube.hold_and_delete_checkpoint(ckpts[200])
     unverified = kube.add_checkpoint("r", store, 400, 0, files=False)  # Pending, then Invalid
     wait_for(lambda: kube.checkpoint_phase(unverified) != "Ready", 5, "an unverified checkpoint")
     wait_for(
@@ -159,9 +155,9 @@ def test_invalid_and_terminating_checkpoints_are_skipped(
         assert candidate_steps(env) == [100]
         status = kube.wait_status("r", "attempt", 1, 10)
         resumed = status["attempts"][1]["resumedFrom"]
-        assert resumed["name"] == names[100]
+        assert resumed["name"] == ckpts[100]
     finally:
-        kube.release_checkpoint(names[200])
+        kube.release_checkpoint(ckpts[200])
 
 
 def test_budget_exhausted_fails_the_run(
@@ -172,7 +168,7 @@ def test_budget_exhausted_fails_the_run(
     kube.fail_pod("r", 0)
     kube.wait_pod("r", 1)
     kube.fail_pod("r", 1)
-    status = kube.wait_phase("r", "Failed")
+    status = kube.wait_run_phase("r", "Failed")
     assert status["restarts"] == 1
     failed = kube.condition("r", "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "RestartBudgetExhausted")
@@ -188,7 +184,7 @@ def test_fail_run_rule_fails_at_once(kube: Cluster, store: Path, operator: Opera
     kube.create_run(run_body("r", uri(store), rules=rules))
     kube.wait_pod("r", 0)
     kube.fail_pod("r", 0, exit_code=3)
-    status = kube.wait_phase("r", "Failed")
+    status = kube.wait_run_phase("r", "Failed")
     assert status["restarts"] == 0
     assert status["attempts"][0]["action"] == "FailRun"
     failed = kube.condition("r", "Failed")
@@ -214,8 +210,26 @@ def test_ignored_failures_do_not_spend_the_budget(
     assert [a.get("action") for a in status["attempts"][:2]] == ["Ignore", "Ignore"]
     assert status["attempts"][0]["reason"] == "Preempted"
     kube.fail_pod("r", 2, exit_code=1)
-    kube.wait_phase("r", "Failed")
+    kube.wait_run_phase("r", "Failed")
     assert kube.condition("r", "Failed")["reason"] == "RestartBudgetExhausted"
+
+
+def test_ignored_failures_have_a_budget_of_their_own(
+    kube: Cluster, store: Path, operator: OperatorProcess
+) -> None:
+    """A run preempted again and again does not loop forever: maxPreemptions ends it."""
+    rules = [{"action": "Ignore", "onReasons": ["Preempted"]}]
+    body = run_body("r", uri(store), rules=rules)
+    body["spec"]["restartPolicy"]["maxPreemptions"] = 2
+    kube.create_run(body)
+    for attempt in range(3):
+        kube.wait_pod("r", attempt)
+        kube.fail_pod("r", attempt, exit_code=143, pod_reason="Preempted")
+    status = kube.wait_run_phase("r", "Failed")
+    assert (status["preemptions"], status["restarts"], status["attempt"]) == (2, 0, 2)
+    failed = kube.condition("r", "Failed")
+    assert failed["reason"] == "PreemptionBudgetExhausted" and "maxPreemptions" in failed["message"]
+    assert "PreemptionBudgetExhausted" in kube.event_reasons("r")
 
 
 def test_progress_rule_fails_a_stuck_run(
@@ -232,7 +246,7 @@ def test_progress_rule_fails_a_stuck_run(
     kube.fail_pod("r", 1)
     kube.wait_pod("r", 2)
     kube.fail_pod("r", 2)
-    status = kube.wait_phase("r", "Failed")
+    status = kube.wait_run_phase("r", "Failed")
     assert status["attemptsWithoutProgress"] == 2
     assert status["restarts"] == 2
     failed = kube.condition("r", "Failed")
@@ -247,24 +261,24 @@ def test_backoff_delays_the_next_attempt(
     kube.wait_pod("r", 0)
     kube.fail_pod("r", 0)
     failed_at = time.monotonic()
-    status = kube.wait_phase("r", "BackingOff", timeout=5)
+    status = kube.wait_run_phase("r", "BackingOff", timeout=5)
     assert status["nextAttemptAfter"]
     assert kube.condition("r", "Progressing")["reason"] == "BackingOff"
     kube.wait_pod("r", 1, timeout=10)
     assert time.monotonic() - failed_at >= 1.3
-    status = kube.wait_phase("r", "Pending")
+    status = kube.wait_run_phase("r", "Pending")
     assert "nextAttemptAfter" not in status
 
 
 def test_operator_killed_between_failure_and_next_attempt(
     kube: Cluster, store: Path, operator: OperatorProcess
 ) -> None:
-    """Invariant 4: the failure happens while the operator is down; after its restart there is
+    """Crash convergence: the failure happens while the operator is down; after its restart there is
     exactly one next attempt and the counters count the failure once."""
     kube.create_run(run_body("r", uri(store), initial_s=1, max_s=1))
     kube.wait_pod("r", 0)
     kube.fail_pod("r", 0)
-    kube.wait_phase("r", "BackingOff", timeout=5)  # decided and persisted, pod not yet created
+    kube.wait_run_phase("r", "BackingOff", timeout=5)  # decided and persisted, pod not yet created
     operator.kill()
     time.sleep(1.2)  # the backoff deadline passes while nobody is watching
     operator.start()
@@ -285,7 +299,7 @@ def test_operator_killed_between_failure_and_next_attempt(
 def test_operator_killed_at_random_instants_converges(
     kube: Cluster, store: Path, operator: OperatorProcess
 ) -> None:
-    """Invariant 4 under fire: SIGKILL at random moments around failures; in the end one pod
+    """Crash convergence under fire: SIGKILL at random moments around failures; in the end one pod
     per attempt, consecutive attempt numbers, every failure counted exactly once."""
     rng = random.Random(4)
     kube.create_run(run_body("r", uri(store), max_restarts=20))
@@ -311,10 +325,10 @@ def test_success_and_deletion(kube: Cluster, store: Path, operator: OperatorProc
     kube.create_run(run_body("r", uri(store)))
     kube.wait_pod("r", 0)
     kube.run_pod("r", 0)
-    status = kube.wait_phase("r", "Running")
+    status = kube.wait_run_phase("r", "Running")
     assert status["attempts"][0]["phase"] == "Running"
     kube.succeed_pod("r", 0)
-    status = kube.wait_phase("r", "Succeeded")
+    status = kube.wait_run_phase("r", "Succeeded")
     assert status["attempts"][0]["exitCode"] == 0
     assert kube.condition("r", "Ready")["status"] == "True"
     assert kube.condition("r", "Progressing")["status"] == "False"
@@ -324,21 +338,18 @@ def test_success_and_deletion(kube: Cluster, store: Path, operator: OperatorProc
         "ckpt.dev", "v1alpha1", kube.ns, "trainingruns", "r"
     )
 
-    def gone() -> bool:
-        try:
-            kube.run("r")
-        except ApiException as exc:
-            return exc.status == 404 and not kube.attempt_pods("r")
-        return False
-
-    wait_for(gone, 60, "the run and its pods to be deleted")
+    wait_for(
+        lambda: kube.run("r") is None and not kube.attempt_pods("r"),
+        60,
+        "the run and its pods to be deleted",
+    )
 
 
 def test_store_outside_allowed_roots_is_a_condition_not_a_crash(
     kube: Cluster, store: Path, operator: OperatorProcess
 ) -> None:
     kube.create_run(run_body("r", "file:///etc/ckpt"))
-    kube.wait_phase("r", "Failed")
+    kube.wait_run_phase("r", "Failed")
     failed = kube.condition("r", "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "StoreNotAllowed")
     assert "not inside any allowed root" in failed["message"]
@@ -366,7 +377,7 @@ def test_template_the_api_refuses_is_invalid_template(
     bad_resources = [{"name": "trainer", "image": "x", "resources": {"limits": {"cpu": "lots"}}}]
     kube.create_run(run_body("b", uri(store), containers=bad_resources))
     for name in ("a", "b"):
-        kube.wait_phase(name, "Failed")
+        kube.wait_run_phase(name, "Failed")
         failed = kube.condition(name, "Failed")
         assert (failed["status"], failed["reason"]) == ("True", "InvalidTemplate"), failed
     assert "image" in kube.condition("a", "Failed")["message"]
@@ -394,3 +405,31 @@ def test_bad_input_is_refused_at_admission(
         kube.create_run(body)
     assert caught.value.status == 422
     assert path[-1] in caught.value.body
+
+
+def test_a_pod_stuck_pending_fails_the_attempt_after_startup_timeout(
+    kube: Cluster, store: Path, operator: OperatorProcess
+) -> None:
+    """An image that cannot be pulled must not keep the run waiting forever: the attempt fails
+    with reason StartupTimeout and the pod's own reason, and the rules decide what follows."""
+    kube.create_run(run_body("r", uri(store), startupTimeoutSeconds=2))
+    kube.wait_pod("r", 0)
+    waiting = {
+        "name": "trainer",
+        "image": "trainer:latest",
+        "imageID": "",
+        "ready": False,
+        "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}},
+    }
+    kube.core.patch_namespaced_pod_status(
+        "r-attempt-0", kube.ns, {"status": {"phase": "Pending", "containerStatuses": [waiting]}}
+    )
+    kube.wait_pod("r", 1, timeout=30)
+    record = kube.status("r")["attempts"][0]
+    assert (record["phase"], record["reason"], record["action"]) == (
+        "Failed",
+        "StartupTimeout",
+        "Retry",
+    )
+    assert "r-attempt-0: ImagePullBackOff: Back-off pulling image" in record["message"]

@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 import torch
 from safetensors.torch import load_file
 
-from ckpt_operator.api.names import ANNOTATION_LOADED_STEP
+from ckpt_operator.api.names import ANNOTATION_HEARTBEAT, ANNOTATION_LOADED_STEP
 from ckpt_operator.sdk import CheckpointManager, Consumer
 from ckpt_operator.storage.store import Store
 
@@ -86,7 +86,9 @@ def test_report_loaded_and_env(file_store: Store, tmp_path: Path) -> None:
     assert consumer.pod == "pod-h"
     assert Consumer.from_env({**env, "POD_NAME": "pod-p"}, registry=registry).pod == "pod-p"
     assert consumer.report_loaded(20)
-    assert registry.annotations == [("pod-h", {ANNOTATION_LOADED_STEP: "20"})]
+    ((pod, annotations),) = registry.annotations
+    assert (pod, annotations[ANNOTATION_LOADED_STEP]) == ("pod-h", "20")
+    assert ANNOTATION_HEARTBEAT in annotations  # a repeated report refreshes liveness
     assert not Consumer(file_store, run="r").report_loaded(20)  # no cluster: logged, False
     with pytest.raises(LookupError, match="no Ready weights"):
         Consumer(file_store, run="r").load_weights()

@@ -1,5 +1,5 @@
 """Kill the writer at random points: no committed checkpoint is ever partial, and restore
-never picks a partial one (design invariant 6).
+never picks a partial one (invariant: atomic commit).
 
 Children are forked from this already-imported process, so a trial costs milliseconds.
 Most trials kill at each write (half-way through it), fsync, rename, … in turn, so every

@@ -1,4 +1,4 @@
-"""The confined store: every path stays inside the run's root (design invariant 5)."""
+"""The confined store: every path stays inside the run's root (invariant: confined paths)."""
 
 from __future__ import annotations
 

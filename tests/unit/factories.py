@@ -10,14 +10,17 @@ from ckpt_operator.views.checkpoint import CheckpointInfo
 
 
 def checkpoint(step: int, attempt: int = 0, phase: str = "Ready", **fields: Any) -> CheckpointInfo:
-    """A full directory checkpoint of run ``r`` in namespace ``ns``; ``fields`` override."""
+    """A directory checkpoint of run ``r`` in namespace ``ns``, full unless ``kind`` says
+    otherwise; ``fields`` override."""
+    kind = fields.pop("kind", "full")
     return CheckpointInfo(
-        name=names.checkpoint_object_name("r", step, attempt),
+        name=names.checkpoint_object_name("r", step, attempt, kind),
         namespace="ns",
         run="r",
         step=step,
         attempt=attempt,
-        path=layout.CheckpointName(step, attempt, "dir").path,
+        path=layout.CheckpointName(step, attempt, "dir", kind).path,
         phase=phase,
+        kind=kind,
         **fields,
     )

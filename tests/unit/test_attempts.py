@@ -13,20 +13,11 @@ from hypothesis import strategies as st
 
 from ckpt_operator.api import names
 from ckpt_operator.api.models import TrainingRunSpec, TrainingRunStatus
-from ckpt_operator.policy.attempts import (
-    AttemptPod,
-    RunState,
-    Step,
-    build_pod,
-    checkpoint_ref,
-    failure_of,
-    next_step,
-    pods_by_attempt,
-    validate_template,
-)
-from ckpt_operator.policy.restart import Failure
-from ckpt_operator.policy.resume import resume_plan, resume_target
+from ckpt_operator.kube.trainer import build_pod, validate_template
+from ckpt_operator.policy.attempts import RunState, Step, next_step, own_pods
+from ckpt_operator.policy.resume import Resume, checkpoint_ref, resume_plan, resume_target
 from ckpt_operator.views.checkpoint import CheckpointInfo
+from ckpt_operator.views.pod import AttemptPod, Failure, failure_of
 from tests.unit.factories import checkpoint as ckpt
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -79,7 +70,7 @@ def state(
         generation=1,
         spec=run_spec or spec(maxRestarts=3, backoff={"initialSeconds": 0, "maxSeconds": 0}),
         status=status,
-        pods=pods or {},
+        pods=list((pods or {}).values()),
         checkpoints=checkpoints or [],
         store_root=ROOT,
         now=now,
@@ -104,11 +95,16 @@ def test_build_pod() -> None:
         template=TEMPLATE,
         attempt=2,
         store_root=ROOT,
-        plan=plan,
+        resume=Resume.from_plan(plan, ROOT),
     )
     meta = body["metadata"]
     assert meta["name"] == "r-attempt-2"
-    assert meta["labels"] == {"team": "ml", names.LABEL_RUN: "r", names.LABEL_ATTEMPT: "2"}
+    assert meta["labels"] == {
+        "team": "ml",
+        names.LABEL_RUN: "r",
+        names.LABEL_ATTEMPT: "2",
+        names.LABEL_NODE_RANK: "0",
+    }
     assert meta["annotations"]["a"] == "b"
     assert meta["ownerReferences"] == [
         {
@@ -150,7 +146,7 @@ def test_build_pod_from_scratch() -> None:
         template=TEMPLATE,
         attempt=0,
         store_root=ROOT,
-        plan=resume_plan([]),
+        resume=Resume(),
     )
     values = {e["name"]: e.get("value") for e in body["spec"]["containers"][0]["env"]}
     assert (values["CKPT_RESUME_FROM"], values["CKPT_RESUME_STEP"]) == ("", "")
@@ -244,7 +240,7 @@ def test_attempt_pod_from_body() -> None:
 
 def test_pods_of_a_namesake_run_are_not_ours() -> None:
     stranger = AttemptPod(name="r-attempt-0", namespace="ns", run="r", attempt=0, owner_uid="old")
-    assert pods_by_attempt([stranger, pod(1)], "uid") == {1: pod(1)}
+    assert own_pods([stranger, pod(1)], "uid") == [pod(1)]
 
 
 # --- the state machine ------------------------------------------------------------------------
@@ -252,7 +248,7 @@ def test_pods_of_a_namesake_run_are_not_ours() -> None:
 
 def test_first_step_records_attempt_zero_then_creates_it() -> None:
     step = next_step(state(TrainingRunStatus()))
-    assert step.create == 0 and step.plan.target is None
+    assert step.create == 0 and step.resume.target is None
     st_ = step.status
     assert (st_.phase, st_.attempt, st_.restarts, st_.observed_generation) == ("Pending", 0, 0, 1)
     assert st_.attempts[0].pod == "r-attempt-0" and st_.attempts[0].resumed_from is None
@@ -288,7 +284,7 @@ def test_failure_restarts_from_newest_checkpoint_in_one_write() -> None:
     cks = [ckpt(100, 0), ckpt(200, 0), ckpt(300, 0, "Invalid")]
     s1 = advance(s0, pods={0: pod(0, "Failed", Failure((1,), exit_code=1))}, checkpoints=cks)
     assert s1.create == 1
-    assert s1.plan.target == ckpt(200, 0)
+    assert s1.resume.target == checkpoint_ref(ckpt(200, 0), ROOT)
     st_ = s1.status
     assert (st_.attempt, st_.restarts, st_.phase) == (1, 1, "Pending")
     assert st_.attempts[0].phase == "Failed" and st_.attempts[0].action == "Retry"
@@ -319,7 +315,7 @@ def test_crash_after_recording_before_creating_recreates_with_a_fresh_plan() -> 
     # The operator died before creating the pod; meanwhile checkpoint 100 turned Invalid.
     again = advance(s0, checkpoints=[ckpt(100, 0, "Invalid"), ckpt(50, 0)])
     assert again.create == 0
-    assert again.plan.target == ckpt(50, 0)
+    assert again.resume.target == checkpoint_ref(ckpt(50, 0), ROOT)
     assert again.status.attempts[0].resumed_from.step == 50  # type: ignore[union-attr]
     assert len(again.status.attempts) == 1 and not again.notes
 
@@ -351,7 +347,7 @@ def test_attempt_pod_reads_its_resume_point_from_its_env() -> None:
         template=TEMPLATE,
         attempt=2,
         store_root=ROOT,
-        plan=plan,
+        resume=Resume.from_plan(plan, ROOT),
     )
     parsed = AttemptPod.from_body(body)
     assert parsed is not None
@@ -363,7 +359,7 @@ def test_attempt_pod_reads_its_resume_point_from_its_env() -> None:
         template=TEMPLATE,
         attempt=0,
         store_root=ROOT,
-        plan=resume_plan([]),
+        resume=Resume(),
     )
     assert AttemptPod.from_body(scratch).resumed_from is None  # type: ignore[union-attr]
 
@@ -451,7 +447,7 @@ def test_random_histories_keep_the_invariants(
         if step.create is not None:
             assert step.create not in pods, "a pod that exists is never created again"
             target = resume_target(checkpoints.values())
-            assert step.plan.target == target
+            assert step.resume.target == checkpoint_ref(target, ROOT)
             assert step.status.attempts[-1].attempt == step.create
             ref = checkpoint_ref(target, ROOT)
             pods[step.create] = replace(pod(step.create), resumed_from=ref)

@@ -1,4 +1,4 @@
-"""The deletion policy (invariant 1) as a pure function: examples and properties."""
+"""The deletion policy (safe deletion) as a pure function: examples and properties."""
 
 from __future__ import annotations
 
@@ -8,19 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckpt_operator.api import names
-from ckpt_operator.policy.deletion import (
-    ConsumerView,
-    RunView,
-    checkpoint_view,
-    consumer_from_pod,
-    deletion_blockers,
-    last_report_time,
-    newest_protected,
-    run_from_body,
-    seconds_until_change,
-    selector_matches,
-)
+from ckpt_operator.policy.consumers import seconds_until_change, selector_matches
+from ckpt_operator.policy.deletion import deletion_blockers, newest_protected
 from ckpt_operator.views.checkpoint import CheckpointInfo
+from ckpt_operator.views.pod import ConsumerView, last_report_time
+from ckpt_operator.views.run import RunView
 from tests.unit.factories import checkpoint as ckpt
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -56,7 +48,7 @@ def test_silent_and_finished_consumers_stop_blocking() -> None:
     assert not deletion_blockers(
         five, run=RUN, siblings=[five, six], consumers=[silent, done], now=NOW
     )
-    assert seconds_until_change(five, [consumer("c", 1, ago_s=50)], NOW, 60) == 10
+    assert seconds_until_change(five.step, [consumer("c", 1, ago_s=50)], NOW, 60) == 10
 
 
 def test_newest_ready_and_resume_target_are_protected_unless_forced() -> None:
@@ -104,9 +96,9 @@ def test_views_from_bodies() -> None:
             "conditions": [{"type": "Verified", "status": "True"}],
         },
     }
-    view = checkpoint_view(body)
-    assert view.phase == "Ready" and view.terminating
-    run = run_from_body(
+    view = CheckpointInfo.from_body(body)
+    assert view.verified and view.terminating
+    run = RunView.from_body(
         {
             "metadata": {"name": "r", "namespace": "ns", "uid": "u"},
             "spec": {"store": {"uri": "file:///x"}, "consumers": {"reportTimeoutSeconds": 5}},
@@ -139,13 +131,13 @@ def test_views_from_bodies() -> None:
         },
         "status": {"phase": "Running"},
     }
-    view_pod = consumer_from_pod(pod)
+    view_pod = ConsumerView.from_body(pod)
     assert view_pod.loaded_step == 7 and view_pod.live
     assert view_pod.last_report == datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
     assert last_report_time({"creationTimestamp": "2025-01-01T00:00:00Z"}) == datetime(
         2025, 1, 1, tzinfo=UTC
     )
-    garbage = consumer_from_pod(
+    garbage = ConsumerView.from_body(
         {"metadata": {"name": "g", "annotations": {names.ANNOTATION_LOADED_STEP: "x"}}}
     )
     assert garbage.loaded_step is None
@@ -210,11 +202,14 @@ def test_no_unsafe_deletion(
     data: st.DataObject,
 ) -> None:
     """Whatever the state, a deletable unforced checkpoint violates none of the rules."""
-    names = frozenset(cks[i].name for i in targets if i < len(cks))
+    target_names = frozenset(cks[i].name for i in targets if i < len(cks))
     run = None
     if run_state != "gone":
         run = RunView(
-            name="r", report_timeout_s=60, resume_targets=names, terminating=run_state != "live"
+            name="r",
+            report_timeout_s=60,
+            resume_targets=target_names,
+            terminating=run_state != "live",
         )
     target = data.draw(st.sampled_from(cks))
     blockers = deletion_blockers(target, run=run, siblings=cks, consumers=pods, now=NOW)
@@ -223,7 +218,7 @@ def test_no_unsafe_deletion(
             if p.live and (NOW - p.last_report).total_seconds() <= 60:
                 assert p.loaded_step is not None and p.loaded_step > target.step
         if run_state == "live":
-            assert target.name not in names
+            assert target.name not in target_names
             assert target.name not in newest_protected(cks)
     forced = CheckpointInfo(**{**target.__dict__, "force_delete": True})
     assert deletion_blockers(forced, run=run, siblings=cks, consumers=pods, now=NOW) == []

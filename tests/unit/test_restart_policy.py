@@ -13,13 +13,14 @@ from ckpt_operator.policy.restart import (
     BUDGET_EXHAUSTED,
     FAILED_BY_RULE,
     NO_PROGRESS,
+    PREEMPTIONS_EXHAUSTED,
     RESTARTING,
-    Failure,
     backoff_seconds,
     classify,
     decide,
     rule_matches,
 )
+from ckpt_operator.views.pod import Failure
 
 
 def rule(action: str, codes: tuple[str, list[int]] | None = None, **kw: Any) -> FailureRule:
@@ -111,6 +112,31 @@ def test_fail_run_rule_ends_the_run_without_spending() -> None:
     )
     assert (d.restart, d.reason, d.restarts, d.action) == (False, FAILED_BY_RULE, 0, "FailRun")
     assert "exit code 2" in d.message
+
+
+def test_ignored_failures_spend_their_own_budget() -> None:
+    """Endless preemptions (or a too broad Ignore rule) cannot loop forever."""
+    p = policy(maxPreemptions=2, rules=[{"action": "Ignore", "onReasons": ["Preempted"]}])
+    preempted = failure(reasons=("Preempted",))
+    kw: dict[str, Any] = {"restarts": 0, "attempts_without_progress": 0, "made_progress": True}
+    first = decide(p, preempted, attempt=0, preemptions=0, **kw)
+    second = decide(p, preempted, attempt=1, preemptions=1, **kw)
+    assert (first.restart, first.preemptions, second.restart, second.preemptions) == (
+        True,
+        1,
+        True,
+        2,
+    )
+    third = decide(p, preempted, attempt=2, preemptions=2, **kw)
+    assert (third.restart, third.reason, third.preemptions) == (False, PREEMPTIONS_EXHAUSTED, 2)
+    assert "maxPreemptions" in third.message
+    retried = decide(p, failure(1), attempt=3, preemptions=2, **kw)
+    assert (retried.restart, retried.preemptions, retried.restarts) == (True, 2, 1)
+    unlimited = policy(
+        maxPreemptions=None, rules=[{"action": "Ignore", "onReasons": ["Preempted"]}]
+    )
+    assert decide(unlimited, preempted, attempt=9, preemptions=10**6, **kw).restart
+    assert RestartPolicy().max_preemptions == 100  # the default is a budget, not a loop
 
 
 def test_ignore_restarts_without_spending_even_with_no_budget() -> None:

@@ -1,4 +1,4 @@
-"""Kubernetes-style conditions, kept as plain dicts so they patch straight into ``status``."""
+"""Kubernetes-style conditions and timestamps, kept as plain dicts and strings for status."""
 
 from __future__ import annotations
 
@@ -39,3 +39,14 @@ def set_condition(
 
 def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
     return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+def parse_time(value: Any) -> datetime | None:
+    """A Kubernetes timestamp (``2024-01-01T00:00:00Z``) as an aware datetime; None if not one."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)

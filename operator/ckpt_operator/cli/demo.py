@@ -37,7 +37,7 @@ def _runs(kubeconfig: Path) -> list[dict[str, Any]]:
 
     with api_client(kubeconfig) as api:
         listed: Any = client.CustomObjectsApi(api).list_namespaced_custom_object(
-            names.GROUP, names.VERSION, NAMESPACE, "trainingruns"
+            names.GROUP, names.VERSION, NAMESPACE, names.TRAINING_RUNS
         )
     runs: list[dict[str, Any]] = listed["items"]
     return runs
@@ -51,7 +51,7 @@ def _settled(kubeconfig: Path) -> bool:
         return False
     with api_client(kubeconfig) as api:
         listed: Any = client.CustomObjectsApi(api).list_namespaced_custom_object(
-            names.GROUP, names.VERSION, NAMESPACE, "checkpoints"
+            names.GROUP, names.VERSION, NAMESPACE, names.CHECKPOINTS
         )
     return all(
         (c.get("status") or {}).get("phase") in ("Ready", "Invalid") for c in listed["items"]

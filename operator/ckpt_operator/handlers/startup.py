@@ -1,4 +1,4 @@
-"""Kopf wiring: production settings, liveness and metrics; handlers live in ``handlers``."""
+"""Operator start: production settings, liveness, metrics, the shared runtime; and ``run``."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from typing import Any
 import kopf
 import prometheus_client
 
-from ckpt_operator import handlers
 from ckpt_operator.api import names
 from ckpt_operator.config import OperatorConfig
-from ckpt_operator.handlers import indexes
-
-__all__ = ["handlers", "indexes", "run"]
+from ckpt_operator.handlers import admission
+from ckpt_operator.handlers.runtime import Runtime
+from ckpt_operator.handlers.webhook_server import WebhookServer
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +23,11 @@ log = logging.getLogger(__name__)
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Production settings: our own finalizer and annotation prefix, bounded watches."""
     settings.persistence.finalizer = names.FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=names.KOPF_PREFIX
+    )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=names.GROUP, key="last-handled-configuration"
+        prefix=names.KOPF_PREFIX, key="last-handled-configuration"
     )
     # Silent watches (a dropped connection through a proxy) must reconnect, not hang forever.
     settings.watching.server_timeout = 300
@@ -38,7 +39,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Kopf's own log lines become Events only when they matter; ours are posted explicitly.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "ckpt-operator"
+    memo.runtime = Runtime()  # before any resource handler: each copies the memo
     config: OperatorConfig = memo.config
+    if config.webhook is not None:
+        settings.admission.server = WebhookServer(config.webhook, memo.runtime.indexed)
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)
         log.info("metrics on :%d/metrics", config.metrics_port)
@@ -58,6 +62,8 @@ def run(
 ) -> None:
     """Run the operator until stopped (SIGINT/SIGTERM or ``stop_flag``)."""
     kopf.configure(verbose=False)
+    if config.webhook is not None:
+        admission.register()
     kopf.run(
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,

@@ -11,10 +11,11 @@ Preempted, DeadlineExceeded), container termination reasons (OOMKilled, Error) a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from ckpt_operator.api.models import Backoff, FailureRule, RestartPolicy
+from ckpt_operator.views.pod import Failure
 
 Action = Literal["Retry", "FailRun", "Ignore"]
 
@@ -22,29 +23,7 @@ RESTARTING = "Restarting"
 FAILED_BY_RULE = "FailedByRule"
 BUDGET_EXHAUSTED = "RestartBudgetExhausted"
 NO_PROGRESS = "NoProgress"
-
-
-@dataclass(frozen=True)
-class Failure:
-    """What a failed attempt pod left behind, as far as the rules care."""
-
-    exit_codes: tuple[int, ...] = ()
-    """Exit codes of the terminated containers (init containers included), zeros dropped."""
-    reasons: frozenset[str] = field(default_factory=frozenset)
-    """Every reason found: pod ``status.reason``, container reasons, DisruptionTarget."""
-    exit_code: int | None = None
-    """The one shown in status: the first container's, else the first non-zero."""
-    reason: str | None = None
-    """The one shown in status: the pod's reason, else the first container's."""
-    message: str | None = None
-
-    def describe(self) -> str:
-        parts = []
-        if self.exit_code is not None:
-            parts.append(f"exit code {self.exit_code}")
-        if self.reason:
-            parts.append(f"reason {self.reason}")
-        return ", ".join(parts) or "no exit code or reason"
+PREEMPTIONS_EXHAUSTED = "PreemptionBudgetExhausted"
 
 
 def rule_matches(rule: FailureRule, failure: Failure) -> bool:
@@ -96,6 +75,7 @@ class Decision:
     restarts: int
     attempts_without_progress: int
     delay_s: float = 0.0
+    preemptions: int = 0
 
 
 def decide(
@@ -106,14 +86,41 @@ def decide(
     restarts: int,
     attempts_without_progress: int,
     made_progress: bool,
+    preemptions: int = 0,
 ) -> Decision:
-    """Apply the rules, the restart budget and the progress rule to a failed ``attempt``.
+    """Apply the rules, the restart budgets and the progress rule to a failed ``attempt``.
 
     ``restarts`` counts the restarts already spent from ``maxRestarts``; ``Ignore`` failures
-    spend none and leave the progress count alone (a preempted attempt is nobody's fault),
-    ``FailRun`` ends the run whatever is left. The progress rule is checked before the budget
-    so a stuck run fails with the more telling reason.
+    spend none and leave the progress count alone (a preempted attempt is nobody's fault), but
+    spend one of ``maxPreemptions`` (``preemptions`` so far), so endless preemptions or a too
+    broad rule cannot loop forever. ``FailRun`` ends the run whatever is left. The progress
+    rule is checked before the budget so a stuck run fails with the more telling reason.
     """
+    decision = _decide(policy, failure, attempt, restarts, attempts_without_progress, made_progress)
+    if decision.action != "Ignore":
+        return replace(decision, preemptions=preemptions)
+    limit = policy.max_preemptions
+    if limit is not None and preemptions >= limit:
+        return replace(
+            decision,
+            restart=False,
+            reason=PREEMPTIONS_EXHAUSTED,
+            message=f"attempt {attempt} failed ({failure.describe()}); all {limit} restarts "
+            "for ignored failures are used (maxPreemptions)",
+            delay_s=0.0,
+            preemptions=preemptions,
+        )
+    return replace(decision, preemptions=preemptions + 1)
+
+
+def _decide(
+    policy: RestartPolicy,
+    failure: Failure,
+    attempt: int,
+    restarts: int,
+    attempts_without_progress: int,
+    made_progress: bool,
+) -> Decision:
     action, which = classify(policy.rules, failure)
     what = f"attempt {attempt} failed ({failure.describe()})"
     if action == "FailRun":

@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -144,10 +145,18 @@ class Consumer:
         return ref
 
     def report_loaded(self, step: int) -> bool:
-        """Annotate this pod with the step it serves; False (logged once) when it cannot."""
+        """Annotate this pod with the step it serves; False (logged once) when it cannot.
+
+        Call it again while serving the same step (well within the run's
+        ``reportTimeoutSeconds``): each call also refreshes the pod's heartbeat, and only a
+        consumer whose reports and heartbeats stop counts as silent and stops protecting what
+        it serves.
+        """
         if self.registry is None or not self.pod:
             if not self._warned:
                 self._warned = True
                 log.warning("cannot report the loaded step: no Kubernetes access or pod name")
             return False
-        return self.registry.annotate_pod(self.pod, {ANNOTATION_LOADED_STEP: str(step)})
+        beat = datetime.now(UTC).isoformat(timespec="microseconds")
+        annotations = {ANNOTATION_LOADED_STEP: str(step), names.ANNOTATION_HEARTBEAT: beat}
+        return self.registry.annotate_pod(self.pod, annotations)

@@ -93,7 +93,7 @@ class KubeRegistry:
                     names.GROUP,
                     names.VERSION,
                     self.namespace,
-                    "trainingruns",
+                    names.TRAINING_RUNS,
                     run,
                     _request_timeout=TIMEOUT_S,
                 )
@@ -115,7 +115,7 @@ class KubeRegistry:
                 names.GROUP,
                 names.VERSION,
                 self.namespace,
-                "checkpoints",
+                names.CHECKPOINTS,
                 body,
                 _request_timeout=TIMEOUT_S,
             )
@@ -129,7 +129,7 @@ class KubeRegistry:
                 names.GROUP,
                 names.VERSION,
                 self.namespace,
-                "checkpoints",
+                names.CHECKPOINTS,
                 object_name,
                 {"status": {"phase": "Invalid", "message": reason}},
                 _content_type=names.MERGE_PATCH,
@@ -144,7 +144,7 @@ class KubeRegistry:
             names.GROUP,
             names.VERSION,
             self.namespace,
-            "checkpoints",
+            names.CHECKPOINTS,
             label_selector=f"{names.LABEL_RUN}={run}",
             _request_timeout=TIMEOUT_S,
         )

@@ -1,4 +1,4 @@
-"""Write a checkpoint's files and commit them with one atomic step (design invariant 6).
+"""Write a checkpoint's files and commit them with one atomic step (invariant: atomic commit).
 
 =========  ============================================================================
 layout     commit protocol

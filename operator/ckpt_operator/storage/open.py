@@ -1,6 +1,6 @@
 """Opening a run's store from the operator: allowed roots, s3 credentials from a Secret.
 
-Every store the operator touches is opened here, so the allowed-roots check (invariant 5) and
+Every store the operator touches is opened here, so the allowed-roots check (confined paths) and
 the credential handling cannot be skipped by one code path. Storage calls block (fsspec), so
 callers run them with :func:`asyncio.to_thread`.
 """
@@ -13,13 +13,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ckpt_operator.kube import client as kube
 from ckpt_operator.storage.store import Store, StoreError
 
 SECRET_TTL_S = 30.0
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
 
-_api: Any = None
-_api_lock: asyncio.Lock | None = None
 _secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
 
 
@@ -48,42 +47,16 @@ def decode_secret_data(data: Mapping[str, str] | None) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in (data or {}).items()}
 
 
-async def api_client() -> Any:
-    """One shared ``kubernetes_asyncio`` ApiClient: in-cluster config, else the kubeconfig."""
-    global _api, _api_lock
-    if _api is not None:
-        return _api
-    if _api_lock is None:
-        _api_lock = asyncio.Lock()
-    async with _api_lock:
-        if _api is None:
-            from kubernetes_asyncio import client, config
-
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                await config.load_kube_config()
-            _api = client.ApiClient()
-    return _api
-
-
 async def read_secret(namespace: str, name: str) -> dict[str, str]:
     """The Secret's decoded data, cached briefly (every decision would otherwise GET it)."""
     key = (namespace, name)
     cached = _secrets.get(key)
     if cached is not None and time.monotonic() - cached[0] < SECRET_TTL_S:
         return cached[1]
-    from kubernetes_asyncio import client
-    from kubernetes_asyncio.client.exceptions import ApiException
-
-    core = client.CoreV1Api(await api_client())
-    try:
-        secret = await core.read_namespaced_secret(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            raise CredentialsError(f"secret {namespace}/{name} not found") from None
-        raise
-    data = decode_secret_data(secret.data)
+    raw = await kube.read_secret(namespace, name)
+    if raw is None:
+        raise CredentialsError(f"secret {namespace}/{name} not found")
+    data = decode_secret_data(raw)
     _secrets[key] = (time.monotonic(), data)
     return data
 

@@ -2,7 +2,7 @@
 
 Everything goes through fsspec so ``file://`` and ``s3://`` behave alike. A :class:`Store` is
 rooted at the run's ``CKPT_STORE`` URI and refuses any path that would resolve outside it
-(``..``, absolute names, symlinks leaving the root): invariant 5 of the design. The root
+(``..``, absolute names, symlinks leaving the root): confined paths. The root
 itself must lie inside one of the operator's allowed roots when those are given.
 """
 

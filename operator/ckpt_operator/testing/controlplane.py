@@ -25,12 +25,12 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import yaml
 
 from ckpt_operator.testing import binaries, pki
+from ckpt_operator.testing.lifecycle import Started
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class _Process:
 
 
 @dataclass
-class ControlPlane:
+class ControlPlane(Started):
     """etcd and kube-apiserver, optionally kube-controller-manager (GC) and kwok.
 
     CRDs given in ``crds`` are installed (and Established) before the controller-manager starts,
@@ -127,18 +127,6 @@ class ControlPlane:
     def kubeconfig(self) -> Path:
         assert self.workdir is not None
         return self.workdir / "kubeconfig"
-
-    def __enter__(self) -> ControlPlane:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         if self.workdir is None:
@@ -271,7 +259,8 @@ class ControlPlane:
             [
                 str(kcm),
                 f"--kubeconfig={self.kubeconfig}",
-                "--controllers=garbagecollector,namespace,serviceaccount",
+                # The Job controller lets tests attach TrainingRuns to real Jobs (and JobSets).
+                "--controllers=garbagecollector,namespace,serviceaccount,job",
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={free_port()}",

@@ -1,4 +1,7 @@
-"""The operator as a real child process, so tests can SIGKILL it at any instant (invariant 4)."""
+"""The operator as a real child process, so tests can SIGKILL it at any instant.
+
+Crash convergence is tested by killing it mid-decision and starting it again.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 from ckpt_operator.testing.controlplane import ControlPlaneError, free_port, http_ok
+from ckpt_operator.testing.lifecycle import Started
 
 
-class OperatorProcess:
+class OperatorProcess(Started):
     """``python -m ckpt_operator run`` against a kubeconfig, started and killed on demand."""
 
     def __init__(
@@ -35,18 +38,6 @@ class OperatorProcess:
         self.metrics_port = 0
         self._popen: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-
-    def __enter__(self) -> OperatorProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self, timeout: float = 60.0) -> None:
         """Start and wait until Kopf's liveness endpoint answers."""
@@ -72,6 +63,12 @@ class OperatorProcess:
                 return
             time.sleep(0.1)
         raise ControlPlaneError(f"operator not live after {timeout:.0f} s; log: {self.log_path}")
+
+    @property
+    def pid(self) -> int:
+        """The running operator's process id."""
+        assert self._popen is not None, "not started"
+        return self._popen.pid
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no graceful shutdown, like a node dying."""

@@ -3,8 +3,13 @@
 It binds unscheduled pods of one namespace to a node of its own, runs the first container's
 command as a local process (the image is ignored: ``python`` means this interpreter, and the
 working directory is the repository), and reports the pod's phase and exit code through the
-status subresource exactly as a kubelet would. Deleting the pod kills the process. Processes get
-``KUBECONFIG`` in place of an in-cluster service account, so the SDK can register checkpoints.
+status subresource exactly as a kubelet would. Deleting the pod kills the process and removes
+the pod, as a kubelet does once its containers have stopped. Processes get ``KUBECONFIG`` in
+place of an in-cluster service account, so the SDK can register checkpoints.
+
+It also stands in for cluster DNS and the pod network of a multi-node run: every worker runs on
+loopback, so the rendezvous name (``<pod>.<run>.<namespace>.svc``) is given to the processes as
+``127.0.0.1``, and each gang gets a free loopback port for it, so runs never collide.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from ckpt_operator.api import names
 from ckpt_operator.api.conditions import now_iso
-from ckpt_operator.testing.controlplane import api_client
+from ckpt_operator.testing.controlplane import api_client, free_port
+from ckpt_operator.testing.lifecycle import Started
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,26 @@ def container_env(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, s
     return env
 
 
+class LoopbackNetwork:
+    """Rendezvous addresses of gangs mapped onto loopback, a free port per gang."""
+
+    def __init__(self) -> None:
+        self._ports: dict[str, str] = {}
+
+    def rewrite(self, env: dict[str, str]) -> dict[str, str]:
+        address = env.get(names.ENV_MASTER_ADDR, "")
+        if not address.endswith(".svc"):
+            return env
+        port = self._ports.setdefault(address, str(free_port()))
+        return {
+            **env,
+            names.ENV_MASTER_ADDR: "127.0.0.1",
+            names.ENV_PET_MASTER_ADDR: "127.0.0.1",
+            names.ENV_MASTER_PORT: port,
+            names.ENV_PET_MASTER_PORT: port,
+        }
+
+
 def local_command(container: dict[str, Any]) -> list[str]:
     command = [*(container.get("command") or []), *(container.get("args") or [])]
     if not command:
@@ -50,7 +77,7 @@ def local_command(container: dict[str, Any]) -> list[str]:
     return command
 
 
-class LocalRunner:
+class LocalRunner(Started):
     """Runs the pods of ``namespace`` as local processes until ``stop()``."""
 
     def __init__(self, kubeconfig: Path, namespace: str, workdir: Path, logdir: Path) -> None:
@@ -59,15 +86,9 @@ class LocalRunner:
         self.workdir = workdir
         self.logdir = logdir
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._network = LoopbackNetwork()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-
-    def __enter__(self) -> LocalRunner:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         from kubernetes import client
@@ -116,6 +137,10 @@ class LocalRunner:
             process = self._processes.pop(name, None)
             if process is not None:
                 process.kill()
+                process.wait()
+            if kind != "DELETED" and pod["spec"].get("nodeName") == NODE_NAME:
+                with contextlib.suppress(Exception):  # gone already
+                    core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
             return
         if pod["spec"].get("nodeName") or name in self._processes:
             return
@@ -136,7 +161,11 @@ class LocalRunner:
         process = subprocess.Popen(
             local_command(container),
             cwd=self.workdir,
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig), **container_env(pod, container)},
+            env={
+                **os.environ,
+                "KUBECONFIG": str(self.kubeconfig),
+                **self._network.rewrite(container_env(pod, container)),
+            },
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -2,7 +2,7 @@
 
 Why a daemon: it is the single writer of the run's attempt state, woken at once by anything
 relevant (its attempt pods, its checkpoints, the run itself) and by its own backoff deadline,
-so a restart takes one status write and one pod creation, sent together, after the pod's
+so a restart takes one status write and the pods' creation, sent together, after a pod's
 Failed event, with no timer interval on the path. Everything it decides on comes from status
 and Kopf indexes, so the cost of a restart does not grow with the number of checkpoints, and a
 freshly started operator (indexes are fully listed before any daemon starts) converges from
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -29,30 +28,28 @@ from pydantic import ValidationError
 
 from ckpt_operator import metrics
 from ckpt_operator.api import names
-from ckpt_operator.api.models import CheckpointRef, TrainingRunSpec, TrainingRunStatus
+from ckpt_operator.api.models import TrainingRunSpec, TrainingRunStatus
 from ckpt_operator.config import OperatorConfig
-from ckpt_operator.handlers import pods
-from ckpt_operator.handlers.common import resource
-from ckpt_operator.policy import attempts
-from ckpt_operator.policy.attempts import AttemptPod, RunState, Step
-from ckpt_operator.storage.open import api_client
+from ckpt_operator.handlers.indexes import AttemptPods, CheckpointsByRun
+from ckpt_operator.handlers.runtime import Logger, runtime
+from ckpt_operator.handlers.selectors import TRAINING_RUNS, managed
+from ckpt_operator.handlers.wakeups import RunWakeups
+from ckpt_operator.kube import client as kube
+from ckpt_operator.kube.trainer import build_pod, build_service, validate_template
+from ckpt_operator.policy import attempts, run_state
+from ckpt_operator.policy.attempts import RunState, Step
+from ckpt_operator.policy.resume import Resume
 from ckpt_operator.storage.store import Store, StoreError
 from ckpt_operator.views.checkpoint import CheckpointInfo
+from ckpt_operator.views.pod import AttemptPod
+from ckpt_operator.views.run import RunKey
 
-__all__ = ["pods"]
-
-TRAINING_RUNS = resource("trainingruns")
-CHECKPOINTS = resource("checkpoints")
 RESYNC_S = 30.0
 """Look again this often even when nothing wakes the controller (a missed watch event)."""
 CREATED_GRACE_S = 30.0
-"""How long a pod we created counts as existing before the index shows it."""
-CHECKPOINT_COALESCE_S = 0.5
-"""Checkpoint changes refresh ``latestCheckpoint`` at most this often per run."""
-MERGE = "application/merge-patch+json"
+"""How long a pod we created counts as existing before the index shows it (and one we deleted
+as going): no request is sent twice for the same change."""
 STATUS_FIELDS = tuple(field.alias or name for name, field in TrainingRunStatus.model_fields.items())
-
-RunKey = tuple[str, str]
 
 
 class RunController:
@@ -62,25 +59,31 @@ class RunController:
         self,
         body: kopf.Body,
         config: OperatorConfig,
-        pod_index: Any,
-        checkpoint_index: Any,
-        logger: logging.Logger | logging.LoggerAdapter[Any],
+        wakeups: RunWakeups,
+        pod_index: AttemptPods,
+        checkpoint_index: CheckpointsByRun,
+        logger: Logger,
     ) -> None:
         self.body = body
         self.namespace = body.metadata.namespace or ""
         self.name = body.metadata.name or ""
         self.key: RunKey = (self.namespace, self.name)
         self.config = config
+        self.wakeups = wakeups
         self.pod_index = pod_index
         self.checkpoint_index = checkpoint_index
         self.logger = logger
-        self.created: dict[int, tuple[float, CheckpointRef | None]] = {}
+        self.created: dict[tuple[int, int], tuple[float, Resume]] = {}
+        """Workers we created, by (attempt, rank), until the index shows them."""
+        self.deleting: dict[str, float] = {}
+        """Workers we asked to delete, until the index shows them Terminating or gone."""
         self.written: tuple[str, Mapping[str, Any]] | None = None
         self.rejected: tuple[int | None, str] | None = None
         self.stores: dict[str, tuple[str, str | None]] = {}
+        self.num_nodes = 1
 
     async def run(self, stopped: kopf.DaemonStopped) -> None:
-        wake = pods.wakeups.register(self.key)
+        wake = self.wakeups.register(self.key)
         failures = 0
         try:
             while not stopped:
@@ -88,13 +91,15 @@ class RunController:
                 try:
                     wake_at = await self.reconcile()
                     failures = 0
+                except _Gone:
+                    return  # the run is gone; Kopf stops us too
                 except _Retry:
                     failures += 1
                     if failures < 5:
                         continue  # lost a write race: decide again on the fresh body now
                     wake_at = time.monotonic() + 0.5
                 except Exception as exc:
-                    if _status_of(exc) == 404:
+                    if kube.status_of(exc) == 404:
                         return  # the run is gone; Kopf stops us too
                     failures += 1
                     delay = min(30.0, 0.25 * 2**failures)
@@ -104,7 +109,7 @@ class RunController:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout)
         finally:
-            pods.wakeups.forget(self.key, wake)
+            self.wakeups.forget(self.key, wake)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -139,33 +144,39 @@ class RunController:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            return None, "", (attempts.INVALID_SPEC, f"spec.{where}: {first['msg']}")
+            return None, "", (run_state.INVALID_SPEC, f"spec.{where}: {first['msg']}")
         root, error = self.store_root(spec.store.uri)
         if error is not None:
-            return spec, root, (attempts.STORE_NOT_ALLOWED, error)
-        problem = attempts.validate_template(raw_spec.get("template") or {})
+            return spec, root, (run_state.STORE_NOT_ALLOWED, error)
+        problem = validate_template(raw_spec.get("template") or {})
         if problem is not None:
-            return spec, root, (attempts.INVALID_TEMPLATE, problem)
+            return spec, root, (run_state.INVALID_TEMPLATE, problem)
         if self.rejected is not None and self.rejected[0] == generation:
-            return spec, root, (attempts.INVALID_TEMPLATE, self.rejected[1])
+            return spec, root, (run_state.INVALID_TEMPLATE, self.rejected[1])
         return spec, root, None
 
-    def attempt_pods(self, uid: str) -> dict[int, AttemptPod]:
+    def attempt_pods(self, uid: str) -> list[AttemptPod]:
         """The run's pods from the index, plus those we created that it has not shown yet."""
-        found = attempts.pods_by_attempt(self.pod_index.get(self.key, []), uid)
+        found = attempts.own_pods(self.pod_index.get(self.key, []), uid)
+        seen = {(p.attempt, p.rank) for p in found}
         now = time.monotonic()
-        for attempt, (when, resumed_from) in list(self.created.items()):
-            if attempt in found or now - when > CREATED_GRACE_S:
-                del self.created[attempt]
-            else:
-                found[attempt] = AttemptPod(
-                    name=names.attempt_pod_name(self.name, attempt),
+        for (attempt, rank), (when, resume) in list(self.created.items()):
+            if (attempt, rank) in seen or now - when > CREATED_GRACE_S:
+                del self.created[(attempt, rank)]
+                continue
+            num_nodes = self.num_nodes
+            found.append(
+                AttemptPod(
+                    name=names.attempt_pod_name(self.name, attempt, rank, num_nodes),
                     namespace=self.namespace,
                     run=self.name,
                     attempt=attempt,
                     owner_uid=uid,
-                    resumed_from=resumed_from,
+                    resumed_from=resume.target,
+                    resume_candidates=resume.candidates,
+                    rank=rank,
                 )
+            )
         return found
 
     # --- acting -----------------------------------------------------------------------------
@@ -180,6 +191,7 @@ class RunController:
         raw_status = body.get("status") or {}
         status = TrainingRunStatus.model_validate(raw_status)
         spec, root, invalid = self.validate(body.get("spec") or {}, generation)
+        self.num_nodes = spec.num_nodes if spec is not None else self.num_nodes
         checkpoints: list[CheckpointInfo] = list(self.checkpoint_index.get(self.key, []))
         now = datetime.now(UTC)
         step = attempts.next_step(
@@ -196,14 +208,14 @@ class RunController:
                 invalid=invalid,
             )
         )
+        await self.tear_down(step.delete)
         if step.create is None or spec is None:
             await self.write(body, status, step)
         else:
-            # The write and the creation go out together: the pod is named by its attempt, and
-            # next_step adopts a pod whose recording write was lost (see attempts.py).
-            # The pod goes first: it is what the next attempt waits for.
+            # The write and the creation go out together: pods are named by attempt and rank,
+            # and next_step adopts workers whose recording write was lost (see attempts.py).
             created, wrote = await asyncio.gather(
-                self.create_pod(body, step, root),
+                self.create_workers(body, step, spec, root),
                 self.write(body, status, step),
                 return_exceptions=True,
             )
@@ -223,34 +235,21 @@ class RunController:
         desired = step.status.wire()
         if desired == status.wire():
             return body
-        from kubernetes_asyncio import client
-
-        meta = body.get("metadata") or {}
-        version = str(meta.get("resourceVersion", ""))
-        patch = {
-            "metadata": {"resourceVersion": version},
-            "status": {key: desired.get(key) for key in STATUS_FIELDS},
-        }
-        api: Any = client.CustomObjectsApi(await api_client())
+        version = str((body.get("metadata") or {}).get("resourceVersion", ""))
+        wanted = {key: desired.get(key) for key in STATUS_FIELDS}
         try:
-            response: dict[str, Any] = await api.patch_namespaced_custom_object_status(
-                names.GROUP,
-                names.VERSION,
-                self.namespace,
-                "trainingruns",
-                self.name,
-                patch,
-                _content_type=MERGE,
+            response = await kube.patch_status(
+                names.TRAINING_RUNS, self.namespace, self.name, wanted, resource_version=version
             )
         except Exception as exc:
-            if _status_of(exc) == 409:
+            if kube.status_of(exc) == 409:
                 # Our view is stale: read the current object and decide again at once.
-                fresh = await api.get_namespaced_custom_object(
-                    names.GROUP, names.VERSION, self.namespace, "trainingruns", self.name
-                )
-                self.written = (self.live_version(), fresh)
+                fresh = await kube.get(names.TRAINING_RUNS, self.namespace, self.name)
+                self.written = (self.live_version(), fresh or body)
                 raise _Retry from exc
             raise
+        if response is None:
+            raise _Gone
         self.written = (self.live_version(), response)
         if not status.phase:
             metrics.RESOURCES_SEEN.labels("TrainingRun").inc()
@@ -269,36 +268,58 @@ class RunController:
             )
         return response
 
-    async def create_pod(self, body: Mapping[str, Any], step: Step, root: str) -> float | None:
-        """Create the step's attempt pod; a conflict means it exists, which is fine."""
-        from kubernetes_asyncio import client
+    async def tear_down(self, pods: tuple[str, ...]) -> None:
+        """Delete workers of ended attempts, once each until the index shows them going."""
+        now = time.monotonic()
+        self.deleting = {n: t for n, t in self.deleting.items() if now - t < CREATED_GRACE_S}
+        todo = [pod for pod in pods if pod not in self.deleting]
+        if todo:
+            await asyncio.gather(*(kube.delete_pod(self.namespace, pod) for pod in todo))
+            self.deleting.update(dict.fromkeys(todo, now))
+            self.logger.info("tore down %s", ", ".join(todo))
 
+    async def create_workers(
+        self, body: Mapping[str, Any], step: Step, spec: TrainingRunSpec, root: str
+    ) -> float | None:
+        """Create the step's workers (and a gang's Service); existing ones are fine."""
+        assert step.create is not None
+        uid = str((body.get("metadata") or {}).get("uid", ""))
+        calls = [self.create_worker(body, step, spec, root, rank) for rank in step.ranks]
+        if spec.num_nodes > 1:
+            service = build_service(run=self.name, namespace=self.namespace, run_uid=uid)
+            calls.append(kube.create_service(self.namespace, service))
+        outcomes = await asyncio.gather(*calls)
+        retry = [o for o in outcomes if isinstance(o, float)]
+        return min(retry) if retry else None
+
+    async def create_worker(
+        self, body: Mapping[str, Any], step: Step, spec: TrainingRunSpec, root: str, rank: int
+    ) -> float | None:
+        """Create one worker; a conflict means it exists, which is fine unless another run's."""
         assert step.create is not None
         meta = body.get("metadata") or {}
-        pod = attempts.build_pod(
+        uid = str(meta.get("uid", ""))
+        pod = build_pod(
             run=self.name,
             namespace=self.namespace,
-            run_uid=str(meta.get("uid", "")),
+            run_uid=uid,
             template=(body.get("spec") or {}).get("template") or {},
             attempt=step.create,
             store_root=root,
-            plan=step.plan,
+            resume=step.resume,
+            rank=rank,
+            num_nodes=spec.num_nodes,
+            master_port=spec.master_port,
         )
-        core: Any = client.CoreV1Api(await api_client())
         try:
-            # Unparsed: turning the echoed pod into a V1Pod model costs more than the request.
-            response = await core.create_namespaced_pod(self.namespace, pod, _preload_content=False)
-            data = await response.read()
-            if not 200 <= response.status <= 299:
-                raise client.exceptions.ApiException(status=response.status, reason=data[:2048])
+            await kube.create_pod(self.namespace, pod)
         except Exception as exc:
-            code = _status_of(exc)
+            code = kube.status_of(exc)
             if code == 409:
-                mine = attempts.pods_by_attempt(
-                    self.pod_index.get(self.key, []), str(meta.get("uid", ""))
-                )
-                if step.create not in mine and any(
-                    p.attempt == step.create for p in self.pod_index.get(self.key, [])
+                everyone = list(self.pod_index.get(self.key, []))
+                ours = {(p.attempt, p.rank) for p in attempts.own_pods(everyone, uid)}
+                if (step.create, rank) not in ours and any(
+                    (p.attempt, p.rank) == (step.create, rank) for p in everyone
                 ):
                     self.logger.warning(
                         "pod %s exists but belongs to another run; waiting for it to go",
@@ -306,16 +327,13 @@ class RunController:
                     )
                     return time.monotonic() + 2.0
             elif code in (400, 422):
-                message = _api_message(exc)
+                message = kube.api_message(exc)
                 self.logger.warning("the API refused attempt pod: %s", message)
                 self.rejected = (meta.get("generation"), f"the API refused the pod: {message}")
                 return time.monotonic()
             else:
                 raise
-        self.created[step.create] = (
-            time.monotonic(),
-            attempts.checkpoint_ref(step.plan.target, root),
-        )
+        self.created[(step.create, rank)] = (time.monotonic(), step.resume)
         return None
 
 
@@ -323,47 +341,22 @@ class _Retry(Exception):
     """The status write lost a race; reconcile again with the fresh body."""
 
 
-def _status_of(exc: BaseException) -> int | None:
-    status = getattr(exc, "status", None)
-    return status if isinstance(status, int) else None
+class _Gone(Exception):
+    """The run was deleted while we decided."""
 
 
-def _api_message(exc: BaseException) -> str:
-    raw = getattr(exc, "body", None) or getattr(exc, "reason", None) or "{}"
-    try:
-        message = json.loads(raw).get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return str(message or exc)[:1024]
-
-
-@kopf.daemon(*TRAINING_RUNS, id="attempts", cancellation_timeout=5.0)
+@kopf.daemon(*TRAINING_RUNS, id="attempts", cancellation_timeout=5.0, when=managed)  # type: ignore[arg-type]  # see indexes
 async def run_attempts(
     body: kopf.Body,
     memo: kopf.Memo,
     stopped: kopf.DaemonStopped,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    **kwargs: Any,
+    attempt_pods: AttemptPods,
+    checkpoints_by_run: CheckpointsByRun,
+    logger: Logger,
+    **_: Any,
 ) -> None:
-    """Drive the run's attempts until it is deleted (Kopf stops daemons on deletion).
-
-    The indexes come in ``kwargs`` (Kopf passes every index by name) and are live views.
-    """
+    """Drive the run's attempts until it is deleted (Kopf stops daemons on deletion)."""
     controller = RunController(
-        body, memo.config, kwargs["attempt_pods"], kwargs["checkpoints_by_run"], logger
+        body, memo.config, runtime(memo).run_wakeups, attempt_pods, checkpoints_by_run, logger
     )
     await controller.run(stopped)
-
-
-@kopf.on.event(*TRAINING_RUNS)
-async def run_changed(namespace: str | None, name: str | None, **_: Any) -> None:
-    """A spec edit or a status write by someone else: let the controller look again."""
-    pods.wakeups.kick((namespace or "", name or ""))
-
-
-@kopf.on.event(*CHECKPOINTS)
-async def checkpoint_seen(namespace: str | None, spec: kopf.Spec, **_: Any) -> None:
-    """A checkpoint appeared, was verified, invalidated or deleted: it changes
-    ``latestCheckpoint``. No restart waits for this (a failed pod wakes its run at once, and the
-    plan is made from the index then), so these wakeups are coalesced."""
-    pods.wakeups.kick_soon((namespace or "", str(spec.get("run", ""))), CHECKPOINT_COALESCE_S)

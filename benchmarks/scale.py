@@ -1,0 +1,291 @@
+"""Scale: many TrainingRuns and Checkpoints, then restarts and deletions under that load.
+
+On a real local control plane with the real operator process:
+
+1. baseline: with almost nothing stored, API requests per restart and per deletion;
+2. load: ``--runs`` TrainingRuns and ``--checkpoints`` committed checkpoints (tiny files,
+   Checkpoint objects created through the API and marked Ready by the test as an admin, so the
+   figures are about the operator at scale, not about verifying 50,000 files), created while
+   the operator is down;
+3. start: operator start to liveness, to the first handled event (Kopf handles nothing before
+   every index is listed: "indexes ready"), and to every run's attempt-0 pod;
+4. restarts: every run's attempt-0 pod fails; latency until this script's watch sees the
+   attempt-1 pod (p50/p99), and requests per restart;
+5. deletions: ``--deletions`` checkpoints (the oldest of each run) deleted at once;
+   deletions/s until every file is gone, and requests per deletion.
+
+Operator RSS (current and peak) is sampled throughout. The last line printed is one JSON
+object with the figures. Usage::
+
+    .venv/bin/python benchmarks/scale.py [--runs 1000] [--checkpoints 50000] [--deletions 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from ckpt_operator.api import crdgen, names
+from ckpt_operator.kube.objects import checkpoint_body
+from ckpt_operator.storage.layout import CheckpointName
+from ckpt_operator.testing.checkpoints import write_checkpoint
+from ckpt_operator.testing.cluster import run_body
+from ckpt_operator.testing.controlplane import ControlPlane, api_client
+from ckpt_operator.testing.measure import PodWatch, fail_all, percentile, request_counts
+from ckpt_operator.testing.operator_process import OperatorProcess
+from ckpt_operator.testing.waiting import wait_for
+
+NS = "scale"
+OPERATOR_RESOURCES = ("pods", "trainingruns", "checkpoints", "events", "services")
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """``(current, peak)`` resident memory of a process, MiB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def operator_requests(before: Counter[Any], after: Counter[Any]) -> int:
+    """Requests to the resources the operator works on, minus this script's own kinds of
+    request (pod status writes, LISTs and GETs it polls with)."""
+    total = 0
+    for (resource, verb, _), n in (after - before).items():
+        if resource.split("/")[0] not in OPERATOR_RESOURCES:
+            continue
+        if resource == "pods/status" and verb == "PATCH":
+            continue  # the script plays the kubelet
+        if verb in ("LIST", "GET"):
+            continue  # the script polls; the operator reads its indexes
+        total += n
+    return total
+
+
+def create_runs(
+    api: Any, prefix: str, count: int, root: Path, pool: ThreadPoolExecutor
+) -> list[str]:
+    custom = client.CustomObjectsApi(api)
+    run_names = [f"{prefix}-{i}" for i in range(count)]
+
+    def create(name: str) -> None:
+        body = run_body(name, f"file://{root}/{name}", max_restarts=10)
+        custom.create_namespaced_custom_object(
+            names.GROUP, names.VERSION, NS, names.TRAINING_RUNS, body
+        )
+
+    list(pool.map(create, run_names))
+    return run_names
+
+
+Made = tuple[str, Path]
+"""A checkpoint the benchmark made: its object name and its directory."""
+
+
+def create_checkpoints(
+    api: Any, runs: list[str], total: int, root: Path, pool: ThreadPoolExecutor
+) -> dict[str, list[Made]]:
+    """``total`` committed, Ready checkpoints spread over ``runs``; by run, oldest first."""
+    custom = client.CustomObjectsApi(api)
+    per_run = -(-total // len(runs))
+    jobs = [(run, 10 * (i + 1)) for run in runs for i in range(per_run)][:total]
+
+    def make(job: tuple[str, int]) -> Made:
+        run, step = job
+        name = CheckpointName(step, 0, "dir")
+        write_checkpoint(root / run, run, step, payload=b"x" * 64)
+        body = checkpoint_body(run, name)
+        custom.create_namespaced_custom_object(
+            names.GROUP, names.VERSION, NS, names.CHECKPOINTS, body
+        )
+        status = {
+            "phase": "Ready",
+            "sizeBytes": 64,
+            "conditions": [
+                {
+                    "type": "Verified",
+                    "status": "True",
+                    "reason": "Verified",
+                    "message": "marked by the benchmark",
+                    "lastTransitionTime": "2030-01-01T00:00:00Z",
+                }
+            ],
+        }
+        custom.patch_namespaced_custom_object_status(
+            names.GROUP,
+            names.VERSION,
+            NS,
+            names.CHECKPOINTS,
+            name.object_name(run),
+            {"status": status},
+        )
+        return name.object_name(run), root / run / name.path
+
+    by_run: dict[str, list[Made]] = {run: [] for run in runs}
+    for (run, _), made in zip(jobs, pool.map(make, jobs), strict=True):
+        by_run[run].append(made)
+    return by_run
+
+
+def first_handled(api: Any, root: Path) -> None:
+    """Create a run and wait until the operator gives it a status."""
+    custom = client.CustomObjectsApi(api)
+    body = run_body("sentinel", f"file://{root}/sentinel")
+    custom.create_namespaced_custom_object(
+        names.GROUP, names.VERSION, NS, names.TRAINING_RUNS, body
+    )
+
+    def handled() -> bool:
+        obj = custom.get_namespaced_custom_object(
+            names.GROUP, names.VERSION, NS, names.TRAINING_RUNS, "sentinel"
+        )
+        return bool((obj.get("status") or {}).get("phase"))
+
+    wait_for(handled, 600, "the sentinel run to be handled", every=0.2)
+
+
+def pods_exist(api: Any, wanted: set[str]) -> bool:
+    present = {p.metadata.name for p in client.CoreV1Api(api).list_namespaced_pod(NS).items}
+    return wanted <= present
+
+
+def restarts(api: Any, runs: list[str]) -> tuple[list[float], float]:
+    """Fail every attempt-0 pod; latencies to the attempt-1 pod, and requests per restart."""
+    before = request_counts(api)
+    watcher = PodWatch(api, NS, names.LABEL_RUN)
+    started = fail_all(api, NS, [names.attempt_pod_name(r, 0) for r in runs])
+    nxt = {names.attempt_pod_name(r, 0): names.attempt_pod_name(r, 1) for r in runs}
+    wait_for(lambda: all(p in watcher.seen for p in nxt.values()), 900, "attempt-1 pods", 0.1)
+    watcher.stop()
+    time.sleep(5)  # let the operator finish the writes of these restarts
+    per_restart = operator_requests(before, request_counts(api)) / len(runs)
+    return [watcher.seen[nxt[p]] - t for p, t in started.items()], per_restart
+
+
+def deletions(api: Any, victims: list[Made], pool: ThreadPoolExecutor) -> tuple[float, float]:
+    """Delete ``victims``; deletions/s until their files are gone, and requests per deletion."""
+    custom = client.CustomObjectsApi(api)
+    before = request_counts(api)
+    start = time.monotonic()
+    list(
+        pool.map(
+            lambda n: custom.delete_namespaced_custom_object(
+                names.GROUP, names.VERSION, NS, names.CHECKPOINTS, n
+            ),
+            [name for name, _ in victims],
+        )
+    )
+    left = [path for _, path in victims]
+
+    def gone() -> bool:
+        left[:] = [path for path in left if path.exists()]
+        return not left
+
+    wait_for(gone, 3600, "all storage deleted", every=0.5)
+    rate = len(victims) / (time.monotonic() - start)
+    time.sleep(5)
+    return rate, operator_requests(before, request_counts(api)) / len(victims)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--checkpoints", type=int, default=50_000)
+    parser.add_argument("--deletions", type=int, default=10_000)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="scale-", dir="/tmp"))
+    plane = ControlPlane(workdir=root / "plane", crds=[crdgen.crd(d) for d in crdgen.DEFINITIONS])
+    stores = root / "stores"
+    figures: dict[str, Any] = {"runs": args.runs, "checkpoints": args.checkpoints}
+    with plane, api_client(plane.kubeconfig) as api, ThreadPoolExecutor(16) as pool:
+        client.CoreV1Api(api).create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=NS))
+        )
+        operator = OperatorProcess(
+            plane.kubeconfig,
+            root / "operator.log",
+            namespaces=[NS],
+            allowed_roots=("file:///tmp/",),
+        )
+        # 1. baseline: a few runs, a few checkpoints
+        operator.start()
+        small_runs = create_runs(api, "base", 20, stores, pool)
+        small = create_checkpoints(api, small_runs, 200, stores, pool)
+        wait_for(
+            lambda: pods_exist(api, {names.attempt_pod_name(r, 0) for r in small_runs}), 300, "pods"
+        )
+        time.sleep(5)
+        _, figures["requests_per_restart_small"] = restarts(api, small_runs)
+        victims = [ckpts[0] for ckpts in small.values()]
+        _, figures["requests_per_deletion_small"] = deletions(api, victims, pool)
+        operator.stop()
+        log(f"baseline: {figures}")
+
+        # 2. the load, with the operator down
+        started = time.monotonic()
+        runs = create_runs(api, "run", args.runs, stores, pool)
+        by_run = create_checkpoints(api, runs, args.checkpoints, stores, pool)
+        took = time.monotonic() - started
+        log(f"created {args.runs} runs and {args.checkpoints} checkpoints in {took:.0f} s")
+
+        # 3. start
+        started = time.monotonic()
+        operator.start(timeout=600)
+        pid = operator.pid
+        figures["live_s"] = round(time.monotonic() - started, 2)
+        first_handled(api, stores)
+        figures["indexes_ready_s"] = round(time.monotonic() - started, 2)
+        wait_for(
+            lambda: pods_exist(api, {names.attempt_pod_name(r, 0) for r in runs}),
+            1800,
+            "attempt-0 pods",
+            2,
+        )
+        figures["all_started_s"] = round(time.monotonic() - started, 2)
+        figures["rss_after_start_mib"] = round(rss_mib(pid)[0], 1)
+        log(f"start: {figures}")
+        time.sleep(10)
+
+        # 4. restarts under load
+        lat, figures["requests_per_restart"] = restarts(api, runs)
+        figures["restart_p50_s"] = round(percentile(lat, 0.5), 3)
+        figures["restart_p99_s"] = round(percentile(lat, 0.99), 3)
+        figures["restart_mean_s"] = round(statistics.mean(lat), 3)
+        log(f"restarts: {figures}")
+
+        # 5. deletions under load: the oldest checkpoints of each run, round robin
+        # every run's newest stays (it is protected); the oldest go first, round robin
+        oldest_first = [
+            ckpts[i]
+            for i in range(max(len(c) for c in by_run.values()))
+            for ckpts in by_run.values()
+            if i < len(ckpts) - 1
+        ]
+        victims = oldest_first[: args.deletions]
+        figures["deletions"] = len(victims)
+        figures["deletions_per_s"], figures["requests_per_deletion"] = deletions(
+            api, victims, stores, pool
+        )
+        current, peak = rss_mib(pid)
+        figures["rss_mib"], figures["rss_peak_mib"] = round(current, 1), round(peak, 1)
+        operator.stop()
+    figures["cpu_count"] = os.cpu_count()
+    print(json.dumps(figures), flush=True)
+
+
+if __name__ == "__main__":
+    main()

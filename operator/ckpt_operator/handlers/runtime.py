@@ -1,0 +1,69 @@
+"""The state handlers share while the operator runs, kept in Kopf's memo.
+
+Kopf gives every handler a shallow copy of the operator's memo, so the one :class:`Runtime`
+put there at startup is shared by all of them, and a fresh operator (or a test starting one in
+the same process) starts from a fresh one: nothing leaks between runs through module globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+import kopf
+
+from ckpt_operator.handlers.wakeups import DeletionSignals, RunWakeups
+from ckpt_operator.views.newest import NewestVerified
+from ckpt_operator.views.run import RunKey
+
+RECENT_S = 600.0
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+"""What Kopf passes handlers as ``logger``."""
+
+
+class RecentlyDeleted:
+    """Checkpoints whose storage was just deleted, so a concurrent store scan that listed one
+    a moment earlier does not register a record pointing at nothing."""
+
+    def __init__(self, keep_s: float = RECENT_S) -> None:
+        self.keep_s = keep_s
+        self._when: dict[tuple[str, str], float] = {}
+
+    def note(self, namespace: str, name: str) -> None:
+        now = time.monotonic()
+        self._when[(namespace, name)] = now
+        for key, when in list(self._when.items()):
+            if now - when > self.keep_s:
+                del self._when[key]
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        when = self._when.get(key)
+        return when is not None and time.monotonic() - when <= self.keep_s
+
+
+@dataclass
+class Runtime:
+    """Shared run-time state of one operator process."""
+
+    run_wakeups: RunWakeups = field(default_factory=RunWakeups)
+    signals: DeletionSignals = field(default_factory=DeletionSignals)
+    recently_deleted: RecentlyDeleted = field(default_factory=RecentlyDeleted)
+    newest: NewestVerified = field(default_factory=NewestVerified)
+    last_scan: dict[RunKey, float] = field(default_factory=dict)
+    """When each run's store was last scanned (monotonic seconds)."""
+    flagged: dict[RunKey, set[tuple[str, datetime]]] = field(default_factory=dict)
+    """Consumers already reported silent, with the report time they fell silent at."""
+    unsafe: dict[RunKey, set[str]] = field(default_factory=dict)
+    """Store entries already reported as escaping the store."""
+    indexed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once Kopf has listed every index (handlers run only then): admission waits for it."""
+
+
+def runtime(memo: kopf.Memo) -> Runtime:
+    """The operator's shared state (set up by the startup handler)."""
+    return cast(Runtime, memo.runtime)
