@@ -31,7 +31,7 @@ class Recorder:
     def register(self, record: CheckpointRecord) -> None:
         self.calls.append(["register", record.name.path, record.world_size, record.shards])
 
-    def mark_invalid(self, object_name: str, reason: str) -> None:
+    def request_verification(self, object_name: str, reason: str) -> None:
         self.calls.append(["invalid", object_name, reason])
 
     def list_checkpoints(self, run: str) -> list[dict[str, Any]]:

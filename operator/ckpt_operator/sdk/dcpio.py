@@ -5,7 +5,8 @@ Save: rank 0 checks the name is free and broadcasts the temporary id; every rank
 over a gloo group of the SDK's own, and rank 0's ``finish`` commits and registers. Restore:
 for each candidate every rank runs ``dcp.load`` with a verifying reader (DCP reshards to this
 job's world size); DCP carries each rank's failure to all ranks, and the SDK's group then agrees
-explicitly, so all ranks load the same candidate or all move on, and only rank 0 marks Invalid.
+explicitly, so all ranks load the same candidate or all move on, and only rank 0 asks the
+operator to verify a damaged one again.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Mapping
 from concurrent.futures import Future
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from torch.distributed.checkpoint.api import CheckpointException
@@ -22,18 +24,25 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from ckpt_operator.sdk.collective import Collective
 from ckpt_operator.sdk.dcp import CheckpointReader, CheckpointWriter
+from ckpt_operator.sdk.manager import CandidatesUnreadableError
 from ckpt_operator.sdk.registry import CheckpointRecord
-from ckpt_operator.sdk.sharded import Outcome, agree
+from ckpt_operator.sdk.sharded import Outcome
 from ckpt_operator.sdk.writer import prepare
 from ckpt_operator.storage.layout import CheckpointName, parse_committed
-from ckpt_operator.storage.manifest import Manifest, ManifestError, VerifyError, read_manifest
+from ckpt_operator.storage.manifest import (
+    Manifest,
+    ManifestError,
+    UnreadableError,
+    VerifyError,
+    read_manifest,
+)
 from ckpt_operator.storage.store import StoreError
 
 if TYPE_CHECKING:
     from ckpt_operator.sdk.manager import CheckpointManager
 
 _BAD_DATA = (VerifyError, ManifestError, pickle.UnpicklingError)
-"""Failures that make a candidate Invalid (anything else is the job's problem: raised)."""
+"""Failures that prove a candidate damaged (access errors are retried; the rest: raised)."""
 
 
 def _dist_args(coll: Collective | None) -> dict[str, Any]:
@@ -109,20 +118,36 @@ def restore(
     this job's ranks) and return its step; None when none does."""
     manager.wait()
     coll = manager.collective()
+    unreadable: dict[str, str] = {}
     for uri in manager.candidates():
-        outcome = agree(coll, _load(manager, uri, state_dict, coll, planner))
+        read = partial(_load, manager, uri, state_dict, coll, planner)
+        outcome, _ = manager.read_candidate(uri, read)
         if outcome.fatal:
             raise ValueError(f"cannot resume from {uri}: {outcome.reason}")
         if not outcome.ok:
+            if outcome.unreadable:
+                unreadable[uri] = outcome.reason
             manager.reject(uri, outcome)
             continue
         name = parse_committed(uri)
         assert name is not None
         return name.step
+    if unreadable:
+        raise CandidatesUnreadableError(unreadable)
     return None
 
 
 def _load(
+    manager: CheckpointManager,
+    uri: str,
+    state_dict: dict[str, Any],
+    coll: Collective | None,
+    planner: Any,
+) -> tuple[Outcome, None]:
+    return _outcome(manager, uri, state_dict, coll, planner), None
+
+
+def _outcome(
     manager: CheckpointManager,
     uri: str,
     state_dict: dict[str, Any],
@@ -140,14 +165,19 @@ def _load(
         reader = CheckpointReader(manager.store, rel, read_manifest(manager.store, rel))
         reader.check_metadata()
         dcp_load(state_dict, storage_reader=reader, planner=planner, **_dist_args(coll))
+    except UnreadableError as exc:
+        return Outcome(False, str(exc), unreadable=True)
     except _BAD_DATA as exc:
         return Outcome(False, str(exc), invalid=True)
+    except OSError as exc:
+        return Outcome(False, f"{uri}: cannot be read ({exc})", unreadable=True)
     except CheckpointException as exc:
         failures = {rank: error for rank, (error, _) in exc.failures.items()}
+        reasons = "; ".join(f"rank {r}: {e!r}" for r, e in failures.items())
+        if any(isinstance(e, (UnreadableError, OSError)) for e in failures.values()):
+            return Outcome(False, reasons, unreadable=True)
         bad = [f"rank {r}: {e}" for r, e in failures.items() if isinstance(e, _BAD_DATA)]
         if bad:
             return Outcome(False, "; ".join(bad), invalid=True)
-        return Outcome(
-            False, "; ".join(f"rank {r}: {e!r}" for r, e in failures.items()), fatal=True
-        )
+        return Outcome(False, reasons, fatal=True)
     return Outcome(True)

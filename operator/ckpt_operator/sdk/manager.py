@@ -6,8 +6,10 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -27,9 +29,11 @@ from ckpt_operator.sdk.state import (
 )
 from ckpt_operator.sdk.writer import write_checkpoint
 from ckpt_operator.storage.layout import CheckpointName, parse_committed
-from ckpt_operator.storage.store import Store, as_store
+from ckpt_operator.storage.store import PathEscapeError, Store, as_store
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Stateful(Protocol):
@@ -40,17 +44,42 @@ class Stateful(Protocol):
     def load_state_dict(self, state_dict: Any, /) -> Any: ...
 
 
+READ_ATTEMPTS = 3
+"""Reads of one candidate before an access error (permission, timeout) makes restore move on."""
+RETRY_BACKOFF_S = 1.0
+"""The first pause between those reads; it doubles after each."""
+
+
+class CandidatesUnreadableError(RuntimeError):
+    """No candidate loaded, and some could not even be read (access errors, not damage).
+
+    Starting from scratch would silently throw their training away, so restore raises this
+    instead; ``errors`` maps each unreadable candidate's URI to its last error.
+    """
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        self.errors = dict(errors)
+        listed = "; ".join(f"{uri}: {reason}" for uri, reason in self.errors.items())
+        super().__init__(f"no resume candidate could be read (access errors): {listed}")
+
+
 def env_candidates(env: Mapping[str, str]) -> list[str] | None:
-    """Resume candidates the operator handed over; None when no operator chose any."""
+    """Resume candidates the operator handed over; None when there are none to try.
+
+    None makes :meth:`CheckpointManager.restore` scan the store: an attached workload's pods
+    may get no candidates (webhook bypassed, or checkpoints not yet verified), and the
+    committed checkpoints in the store are still better than starting from scratch.
+    """
     raw = env.get(names.ENV_RESUME_CANDIDATES, "").strip()
     if raw:
         candidates = json.loads(raw)
         if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
             raise ValueError(f"{names.ENV_RESUME_CANDIDATES} must be a JSON list of URIs")
-        return candidates
+        if candidates:
+            return candidates
     if env.get(names.ENV_RESUME_FROM):
         return [env[names.ENV_RESUME_FROM]]
-    return [] if env.get(names.ENV_RUN) else None
+    return None
 
 
 class CheckpointManager:
@@ -289,7 +318,12 @@ class CheckpointManager:
         else:
             names = [n for n in map(parse_committed, self.store.list_entries()) if n is not None]
             names.sort(key=lambda n: (n.step, n.attempt), reverse=True)
-            found = [self.store.uri(n.path) for n in names]
+            found = []
+            for n in names:
+                try:
+                    found.append(self.store.uri(n.path))
+                except PathEscapeError as exc:  # e.g. a symlink out of the store: never read
+                    log.warning("skipping store entry %s: %s", n.path, exc)
         if coll is not None:
             coll.broadcast({"candidates": found})
         return found
@@ -304,17 +338,22 @@ class CheckpointManager:
     ) -> int | None:
         """Load the newest candidate that verifies and return its step; None when none does.
 
-        Candidates that fail verification are skipped, and marked Invalid when the pod may.
-        Under torch.distributed each rank checks its own shard and all ranks agree: they load
-        the same candidate, or all move on to the next one.
+        A candidate proven damaged is skipped, and rank 0 asks the operator to verify it
+        again. One that cannot be read is retried, then skipped without blame; if nothing
+        loads and any was unreadable, :class:`CandidatesUnreadableError` is raised. Under
+        torch.distributed each rank checks its own shard and all ranks agree: they load the
+        same candidate, or all move on to the next one.
         """
         self.wait()  # a pending save would use the ranks' group concurrently
+        unreadable: dict[str, str] = {}
         for uri in self.candidates():
-            outcome, loaded = load_part(self.store, uri, self.collective(), verify=self.verify)
-            outcome = agree(self.collective(), outcome)
+            read = partial(load_part, self.store, uri, self.collective(), verify=self.verify)
+            outcome, loaded = self.read_candidate(uri, read)
             if outcome.fatal:
                 raise ValueError(f"cannot resume from {uri}: {outcome.reason}")
             if not outcome.ok:
+                if outcome.unreadable:
+                    unreadable[uri] = outcome.reason
                 self.reject(uri, outcome)
                 continue
             assert loaded is not None
@@ -330,14 +369,36 @@ class CheckpointManager:
             self.extra = doc.get("extra")
             log.info("restored step %d from %s", step, uri)
             return step
+        if unreadable:
+            raise CandidatesUnreadableError(unreadable)
         return None
 
+    def read_candidate(self, uri: str, read: Callable[[], tuple[Outcome, T]]) -> tuple[Outcome, T]:
+        """``read()`` agreed across the ranks, again with backoff while it is unreadable.
+
+        Every rank reaches the same verdict, so all retry together or none does.
+        """
+        delay = RETRY_BACKOFF_S
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            outcome, loaded = read()
+            outcome = agree(self.collective(), outcome)
+            if outcome.ok or not outcome.unreadable or attempt == READ_ATTEMPTS:
+                break
+            log.warning("cannot read %s (try %d): %s", uri, attempt, outcome.reason)
+            time.sleep(delay)
+            delay *= 2
+        return outcome, loaded
+
     def reject(self, uri: str, outcome: Outcome) -> None:
-        """Log a skipped candidate; one that failed verification is marked Invalid (rank 0)."""
+        """Log a skipped candidate; for one proven damaged rank 0 requests re-verification.
+
+        The operator alone decides Invalid: the pod only annotates the Checkpoint, so it
+        needs no write access to Checkpoint status.
+        """
         log.warning("skipping %s: %s", uri, outcome.reason)
         name = parse_committed(uri)
         if outcome.invalid and name is not None and self.registry is not None and self.is_leader:
-            self.registry.mark_invalid(
+            self.registry.request_verification(
                 name.object_name(self.run), f"failed verification at restore: {outcome.reason}"
             )
 

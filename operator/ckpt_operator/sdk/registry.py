@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ckpt_operator.api import names
+from ckpt_operator.api.conditions import now_iso
 from ckpt_operator.kube.objects import checkpoint_body
 from ckpt_operator.storage.layout import CheckpointName
 
@@ -42,7 +43,7 @@ class Registry(Protocol):
 
     def register(self, record: CheckpointRecord) -> None: ...
 
-    def mark_invalid(self, object_name: str, reason: str) -> None: ...
+    def request_verification(self, object_name: str, reason: str) -> None: ...
 
     def list_checkpoints(self, run: str) -> list[dict[str, Any]]: ...
 
@@ -123,21 +124,24 @@ class KubeRegistry:
             if getattr(exc, "status", None) != 409:  # 409: already registered (by the scan)
                 self._failed("registering Checkpoint objects", exc)
 
-    def mark_invalid(self, object_name: str, reason: str) -> None:
+    def request_verification(self, object_name: str, reason: str) -> None:
+        """Ask the operator to verify a Checkpoint again (it alone sets Invalid), with the
+        annotation it watches: trainers need no write access to Checkpoint status."""
+        log.info("requesting re-verification of %s: %s", object_name, reason)
         try:
-            self._custom.patch_namespaced_custom_object_status(
+            self._custom.patch_namespaced_custom_object(
                 names.GROUP,
                 names.VERSION,
                 self.namespace,
                 names.CHECKPOINTS,
                 object_name,
-                {"status": {"phase": "Invalid", "message": reason}},
+                {"metadata": {"annotations": {names.ANNOTATION_VERIFY_REQUESTED: now_iso()}}},
                 _content_type=names.MERGE_PATCH,
                 _request_timeout=TIMEOUT_S,
             )
         except Exception as exc:
-            if getattr(exc, "status", None) not in (403, 404):
-                self._failed("marking a Checkpoint Invalid", exc)
+            if getattr(exc, "status", None) != 404:  # 404: deleted meanwhile
+                self._failed("requesting re-verification of a Checkpoint", exc)
 
     def list_checkpoints(self, run: str) -> list[dict[str, Any]]:
         result = self._custom.list_namespaced_custom_object(

@@ -30,7 +30,13 @@ from ckpt_operator.sdk.state import MODEL_FILE, StateError, load_state, load_ten
 from ckpt_operator.sdk.tensorfile import TensorFileError
 from ckpt_operator.sdk.writer import Files, Sink, open_sink, prepare
 from ckpt_operator.storage.layout import CheckpointName, parse_committed
-from ckpt_operator.storage.manifest import FileEntry, Manifest, VerifyError, read_manifest
+from ckpt_operator.storage.manifest import (
+    FileEntry,
+    Manifest,
+    UnreadableError,
+    VerifyError,
+    read_manifest,
+)
 from ckpt_operator.storage.store import Store, StoreError
 
 Loaded = tuple[int, dict[str, torch.Tensor] | None, dict[str, Any]]
@@ -159,7 +165,10 @@ class Outcome:
     ok: bool
     reason: str = ""
     invalid: bool = False
-    """The candidate failed verification: rank 0 marks its Checkpoint Invalid."""
+    """Proven not to match its manifest: rank 0 asks the operator to verify it again."""
+    unreadable: bool = False
+    """It could not be read (permission, timeout, a file not found): worth retrying, and
+    never evidence that the candidate is bad."""
     fatal: bool = False
     """The job cannot use it at all (e.g. another world size): every rank raises."""
 
@@ -176,6 +185,7 @@ def agree(coll: Collective | None, outcome: Outcome) -> Outcome:
         ok=False,
         reason="; ".join(f"rank {rank}: {v.reason}" for rank, v in bad),
         invalid=any(v.invalid for _, v in bad),
+        unreadable=any(v.unreadable for _, v in bad),
         fatal=any(v.fatal for _, v in bad),
     )
 
@@ -187,6 +197,7 @@ def load_part(
     single process wrote (every rank loads that one). Never raises for a bad candidate."""
     try:
         rel = store.rel_from_uri(uri)
+        store.resolve(rel)  # an entry that is a symlink out of the store is never read
     except StoreError as exc:
         return Outcome(False, str(exc)), None
     name = parse_committed(rel)
@@ -208,6 +219,12 @@ def load_part(
         doc = load_state(buffers)
         model_file = buffers.get(MODEL_FILE)
         model_state = None if model_file is None else load_tensors(model_file, MODEL_FILE)
+    except UnreadableError as exc:
+        return Outcome(False, str(exc), unreadable=True), None
     except (VerifyError, TensorFileError, StateError, ValueError, KeyError) as exc:
         return Outcome(False, str(exc), invalid=True), None
+    except StoreError as exc:  # a manifest that is a symlink out of the store
+        return Outcome(False, str(exc)), None
+    except OSError as exc:  # reading the manifest: permission, timeout, connection
+        return Outcome(False, f"{uri}: cannot be read ({exc})", unreadable=True), None
     return Outcome(True), (int(doc["step"]), model_state, doc)

@@ -168,6 +168,11 @@ class VerifyError(Exception):
     """A checkpoint does not match its manifest; the message names the file."""
 
 
+class UnreadableError(VerifyError):
+    """A checkpoint could not be read (permission, timeout, a listed file not found): nothing
+    about it is proven wrong, so a reader may retry it but must not call it Invalid."""
+
+
 class Readable(Protocol):
     def readinto(self, buffer: memoryview, /) -> int | None: ...
 
@@ -270,9 +275,9 @@ def scan(
     except tarfile.TarError as exc:
         raise VerifyError(f"{rel_path}: damaged archive ({exc})") from exc
     except FileNotFoundError:
-        raise VerifyError(f"{rel_path}: missing") from None
+        raise UnreadableError(f"{rel_path}: missing") from None
     except OSError as exc:
-        raise VerifyError(f"{rel_path}: cannot be read ({exc})") from exc
+        raise UnreadableError(f"{rel_path}: cannot be read ({exc})") from exc
     found = (manifest.step, manifest.attempt, manifest.format)
     if found != (name.step, name.attempt, name.format):
         raise VerifyError(
@@ -303,7 +308,7 @@ def _scan_dir(
                 if size == entry.size and f.read(1):
                     size += 1  # longer than listed: report as a size mismatch
         except FileNotFoundError:
-            raise VerifyError(f"{where}: missing") from None
+            raise UnreadableError(f"{where}: missing") from None
         check_entry(where, entry, size, checksum if checksums else None)
     return manifest, manifest.total_size + len(manifest.to_bytes())
 
