@@ -734,8 +734,7 @@ def test_trainer_consumer_and_user_roles(
     trainer.wait_until("create", "checkpoints", other_namespace, "ckpt.dev")
     wrong = trainer.check(
         [
-            ("ckpt.dev", "checkpoints", ("create", "get", "list")),
-            ("ckpt.dev", "checkpoints/status", ("patch",)),
+            ("ckpt.dev", "checkpoints", ("create", "get", "list", "patch")),
             ("ckpt.dev", "trainingruns", ("get",)),
         ],
         [other_namespace],
@@ -743,7 +742,8 @@ def test_trainer_consumer_and_user_roles(
     )
     wrong += trainer.check(
         [
-            ("ckpt.dev", "checkpoints", ("delete", "update", "patch", "deletecollection")),
+            ("ckpt.dev", "checkpoints", ("delete", "update", "deletecollection")),
+            ("ckpt.dev", "checkpoints/status", ("patch", "update")),
             ("ckpt.dev", "trainingruns", ("create", "update", "patch", "delete", "list")),
             ("ckpt.dev", "trainingruns/status", ("patch",)),
             ("", "pods", ("create", "delete", "patch")),
