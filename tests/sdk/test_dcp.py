@@ -18,7 +18,9 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
 from ckpt_operator.sdk import CheckpointManager
+from ckpt_operator.sdk import manager as manager_module
 from ckpt_operator.sdk.dcp import load_metadata
+from ckpt_operator.sdk.manager import CandidatesUnreadableError
 from ckpt_operator.storage.layout import MANIFEST_NAME, CheckpointName
 from ckpt_operator.storage.manifest import FileEntry, Manifest, new_hasher, read_manifest, verify
 from ckpt_operator.storage.store import Store
@@ -195,3 +197,21 @@ def test_loaded_metadata_stays_readable_by_stock_dcp(file_store: Store) -> None:
     CheckpointManager(file_store, run="r").save_dcp(3, {"w": torch.ones(2)})
     raw = Path(file_store.resolve(CheckpointName(3, 0, "dcp").path), ".metadata").read_bytes()
     assert pickle.load(io.BytesIO(raw)).state_dict_metadata.keys() == {"w"}
+
+
+def test_a_shard_that_cannot_be_read_is_retried_not_blamed(
+    file_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manager_module, "RETRY_BACKOFF_S", 0.0)
+    manager = CheckpointManager(file_store, run="r")
+    uris = [manager.save_dcp(step, {"w": torch.full((2,), float(step))}) for step in (1, 2)]
+    newest = Path(file_store.resolve(file_store.rel_from_uri(uris[1])))
+    for shard in newest.glob("*.distcp"):
+        shard.unlink()  # listed in the manifest, not found: an access error, not damage
+    registry = Recorder()
+    target: dict[str, Any] = {"w": torch.zeros(2)}
+    assert CheckpointManager(file_store, run="r", registry=registry).restore_dcp(target) == 1
+    assert torch.equal(target["w"], torch.ones(2)) and registry.calls == []
+    only_newest = CheckpointManager(file_store, run="r", resume_candidates=uris[1:])
+    with pytest.raises(CandidatesUnreadableError, match="step-0000000002"):
+        only_newest.restore_dcp(target)
