@@ -11,10 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ckpt_operator.sdk.consumer import Consumer, WeightsRef
-    from ckpt_operator.sdk.manager import CheckpointManager
+    from ckpt_operator.sdk.manager import CandidatesUnreadableError, CheckpointManager
 
-__all__ = ["CheckpointManager", "Consumer", "WeightsRef"]
-_HOMES = {"CheckpointManager": "manager", "Consumer": "consumer", "WeightsRef": "consumer"}
+__all__ = ["CandidatesUnreadableError", "CheckpointManager", "Consumer", "WeightsRef"]
+_HOMES = {
+    "CandidatesUnreadableError": "manager",
+    "CheckpointManager": "manager",
+    "Consumer": "consumer",
+    "WeightsRef": "consumer",
+}
 
 
 def __getattr__(name: str) -> Any:
