@@ -382,7 +382,7 @@ class CheckpointManager:
         for attempt in range(1, READ_ATTEMPTS + 1):
             outcome, loaded = read()
             outcome = agree(self.collective(), outcome)
-            if outcome.ok or not outcome.unreadable or attempt == READ_ATTEMPTS:
+            if outcome.ok or outcome.fatal or not outcome.unreadable or attempt == READ_ATTEMPTS:
                 break
             log.warning("cannot read %s (try %d): %s", uri, attempt, outcome.reason)
             time.sleep(delay)
