@@ -10,6 +10,14 @@ virtual disks the host's cache still serves some reads, so disk read figures are
 more repeats to trust small differences.
 
     python benchmarks/sdk_io.py --size-mb 2048 --repeats 3
+
+With ``--ranks N`` (N > 1) N gloo processes each hold 1/N of the state, as a row-sharded
+DTensor per tensor, and every contender runs on all ranks at once between two barriers: raw
+writes of each rank's bytes to its own file, the SDK's sharded save, torch's DCP
+``FileSystemWriter`` and the SDK's DCP writer; loads likewise (``FileSystemReader``, the SDK's
+verifying reader, the SDK's sharded restore). Throughput counts the bytes of all ranks.
+
+    python benchmarks/sdk_io.py --ranks 2 --size-mb 1024 --repeats 5
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
 import tempfile
 import time
@@ -27,7 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
+from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Shard
 
 from ckpt_operator.api.names import Format
 from ckpt_operator.sdk import CheckpointManager
@@ -150,6 +166,99 @@ def ratios(gbps: dict[str, float]) -> dict[str, float]:
     }
 
 
+def _rank_bench(root: Path, local: nn.Module, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each contender on all ranks at once (barrier to barrier), per repeat."""
+    rank = dist.get_rank()
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    sharded = {
+        k: DTensor.from_local(v.detach(), mesh, [Shard(0)]) for k, v in local.state_dict().items()
+    }
+    manager = CheckpointManager(f"file://{root}/sdk", run="bench")
+    times: dict[str, list[float]] = {}
+
+    def record(name: str, fn: Callable[[], Any], before: Callable[[], Any] | None = None) -> None:
+        if before is not None and rank == 0:
+            before()
+        dist.barrier()
+        start = time.perf_counter()
+        fn()
+        dist.barrier()
+        times.setdefault(name, []).append(time.perf_counter() - start)
+
+    for rep in range(repeats):
+        raw, dcp_dir = root / f"raw-{rank}.bin", root / f"dcp-{rep}"
+        record("raw_write", partial(raw_write, local, raw))
+        record("raw_read", partial(raw_read, raw), partial(drop_cache, root))
+        record("sdk_save", partial(manager.save, rep, model=local))
+        ckpt = root / "sdk" / CheckpointName(rep, 0, "dir").path
+        restore = partial(manager.restore, model=local, restore_rng=False)
+        record("sdk_load", restore, partial(drop_cache, ckpt))
+        writer = FileSystemWriter(dcp_dir)
+        record("dcp_fs_save", partial(dcp_save, sharded, storage_writer=writer))
+        reader = FileSystemReader(dcp_dir)
+        stock_load = partial(dcp_load, sharded, storage_reader=reader)
+        record("dcp_fs_load", stock_load, partial(drop_cache, dcp_dir))
+        record("sdk_dcp_save", partial(manager.save_dcp, rep, sharded))
+        ours = root / "sdk" / CheckpointName(rep, 0, "dcp").path
+        record("sdk_dcp_load", partial(manager.restore_dcp, sharded), partial(drop_cache, ours))
+        dist.barrier()
+        if rank == 0:
+            for done in (ckpt, ours, dcp_dir):
+                shutil.rmtree(done)
+        raw.unlink()
+    return times
+
+
+def _rank_main(rank: int, world: int, port: int, args: dict[str, Any], out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(rank)
+    local = make_model((args["size_mb"] << 20) // world, args["tensors"], "cpu")
+    found: dict[str, dict[str, list[float]]] = {}
+    for medium, parent in args["media"].items():
+        root = Path(parent) / f".sdk-io-ranks-{port}"
+        if rank == 0:
+            root.mkdir()
+        dist.barrier()
+        try:
+            found[medium] = _rank_bench(root, local, args["repeats"])
+        finally:
+            dist.barrier()
+            if rank == 0:
+                shutil.rmtree(root, ignore_errors=True)
+    if rank == 0:
+        Path(out).write_text(json.dumps(found))
+    dist.destroy_process_group()
+
+
+def bench_ranks(args: argparse.Namespace, media: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """Median GB/s of each contender per medium, measured by ``args.ranks`` processes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    size = (args.size_mb << 20) // args.ranks // args.tensors // 4 * 4 * args.tensors * args.ranks
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        shared = {k: v for k, v in vars(args).items() if k in ("size_mb", "tensors", "repeats")}
+        shared["media"] = {k: str(v) for k, v in media.items()}
+        mp.start_processes(_rank_main, (args.ranks, port, shared, out.name), nprocs=args.ranks)
+        found = json.loads(Path(out.name).read_text())
+    return {
+        medium: {name: size / statistics.median(ts) / 1e9 for name, ts in times.items()}
+        for medium, times in found.items()
+    }
+
+
+def rank_ratios(gbps: dict[str, float]) -> dict[str, float]:
+    return {
+        "save_vs_raw": gbps["sdk_save"] / gbps["raw_write"],
+        "load_vs_raw": gbps["sdk_load"] / gbps["raw_read"],
+        "save_vs_dcp": gbps["sdk_save"] / gbps["dcp_fs_save"],
+        "load_vs_dcp": gbps["sdk_load"] / gbps["dcp_fs_load"],
+        "dcp_writer_vs_dcp": gbps["sdk_dcp_save"] / gbps["dcp_fs_save"],
+        "dcp_reader_vs_dcp": gbps["sdk_dcp_load"] / gbps["dcp_fs_load"],
+    }
+
+
 def main() -> None:
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -157,6 +266,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tensors", type=int, default=32, help="tensors in the state")
     parser.add_argument("--device", default="cpu", help="where the state lives: cpu or cuda")
+    parser.add_argument("--ranks", type=int, default=1, help="gloo processes sharing the state")
     parser.add_argument(
         "--disk-dir",
         type=Path,
@@ -171,33 +281,42 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    model = make_model(args.size_mb << 20, args.tensors, args.device)
-    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     media = {"disk": args.disk_dir}
     if str(args.shm_dir) not in ("", ".") and args.shm_dir.is_dir():
         media["shm"] = args.shm_dir
+    if args.ranks > 1:
+        size = args.size_mb << 20
+        measured = bench_ranks(args, media)
+        ratio_of: Callable[[dict[str, float]], dict[str, float]] = rank_ratios
+    else:
+        torch.manual_seed(0)
+        model = make_model(args.size_mb << 20, args.tensors, args.device)
+        size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        measured = {}
+        for medium, parent in media.items():
+            scratch = Path(tempfile.mkdtemp(prefix=".sdk-io-", dir=parent))
+            try:
+                measured[medium] = bench_medium(scratch, model, size, args.repeats)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        ratio_of = ratios
     results: dict[str, Any] = {
         "size_bytes": size,
         "repeats": args.repeats,
         "device": args.device,
+        "ranks": args.ranks,
         "media": {},
     }
     print(
-        f"state: {size / 1e9:.2f} GB in {args.tensors} tensors on {args.device}; "
-        f"medians of {args.repeats} repeats, GB/s"
+        f"state: {size / 1e9:.2f} GB in {args.tensors} tensors over {args.ranks} rank(s) on "
+        f"{args.device}; medians of {args.repeats} repeats, GB/s"
     )
-    for medium, parent in media.items():
-        scratch = Path(tempfile.mkdtemp(prefix=".sdk-io-", dir=parent))
-        try:
-            gbps = bench_medium(scratch, model, size, args.repeats)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        results["media"][medium] = {"gbps": gbps, **ratios(gbps)}
-        print(f"\n[{medium}: {parent}]")
+    for medium, gbps in measured.items():
+        results["media"][medium] = {"gbps": gbps, **ratio_of(gbps)}
+        print(f"\n[{medium}: {media[medium]}]")
         for name, value in gbps.items():
             print(f"  {name:24s} {value:7.3f} GB/s")
-        for name, value in ratios(gbps).items():
+        for name, value in ratio_of(gbps).items():
             print(f"  {name:24s} {value:7.3f}")
     results.update({k: v for k, v in results["media"]["disk"].items() if k != "gbps"})
     print(json.dumps(results, sort_keys=True))

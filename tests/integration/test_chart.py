@@ -742,7 +742,7 @@ def test_trainer_consumer_and_user_roles(
     trainer.wait_until("create", "checkpoints", other_namespace, "ckpt.dev")
     wrong = trainer.check(
         [
-            ("ckpt.dev", "checkpoints", ("create",)),
+            ("ckpt.dev", "checkpoints", ("create", "patch")),
             ("ckpt.dev", "trainingruns", ("get",)),
         ],
         [other_namespace],
@@ -750,7 +750,7 @@ def test_trainer_consumer_and_user_roles(
     )
     wrong += trainer.check(
         [
-            ("ckpt.dev", "checkpoints", ("get", "list", "delete", "update", "patch")),
+            ("ckpt.dev", "checkpoints", ("get", "list", "delete", "update")),
             ("ckpt.dev", "checkpoints", ("deletecollection",)),
             ("ckpt.dev", "trainingruns", ("create", "update", "patch", "delete", "list")),
             # Only the operator decides what is Ready.

@@ -25,7 +25,7 @@ class FakeRegistry:
 
     def register(self, record: Any) -> None: ...
 
-    def mark_invalid(self, object_name: str, reason: str) -> None: ...
+    def request_verification(self, object_name: str, reason: str) -> None: ...
 
     def list_checkpoints(self, run: str) -> list[dict[str, Any]]:
         return self.items
@@ -94,3 +94,23 @@ def test_report_loaded_and_env(file_store: Store, tmp_path: Path) -> None:
         Consumer(file_store, run="r").load_weights()
     with pytest.raises(ValueError, match="CKPT_RUN"):
         Consumer.from_env({"CKPT_STORE": "file:///x"})
+
+
+def test_only_a_successful_load_is_reported(file_store: Store) -> None:
+    registry = FakeRegistry([])
+    trainer = CheckpointManager(file_store, run="r", attempt=1)
+    model = torch.nn.Linear(16, 4)
+    trainer.export_weights(model, 10, config={"v": 10})
+    consumer = Consumer(file_store, run="r", pod="p", registry=registry)
+    newest = Consumer(file_store, run="r").latest  # a store scan: no Checkpoint objects here
+    assert not consumer.report_loaded() and registry.annotations == []  # nothing loaded yet
+
+    consumer.load_weights(newest(), model=torch.nn.Linear(16, 4))
+    trainer.export_weights(torch.nn.Linear(16, 8), 20, config={"v": 20})  # wrong shape
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        consumer.load_weights(newest(), model=torch.nn.Linear(16, 4))
+    assert consumer.loaded is not None and consumer.loaded.step == 10
+    assert consumer.config == {"v": 10}  # still describes what is served
+    assert consumer.report_loaded()
+    [(_, annotations)] = registry.annotations
+    assert annotations[ANNOTATION_LOADED_STEP] == "10"

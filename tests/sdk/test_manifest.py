@@ -163,3 +163,15 @@ def test_manifest_model_rejects_inconsistency() -> None:
     raw["total_size"] += 1
     with pytest.raises(ValueError, match="invalid manifest"):
         Manifest.from_bytes(json.dumps(raw).encode(), "x")
+
+
+def test_world_size_and_shards_are_optional_and_absent_for_one_process() -> None:
+    files = [FileEntry(path="rank-00001/model.safetensors", size=3, checksum="x")]
+    fields = {"run": "r", "step": 1, "attempt": 0, "kind": "full", "files": files}
+    single = Manifest.build(**fields, format="dir")  # type: ignore[arg-type]
+    assert "world_size" not in json.loads(single.to_bytes())  # what older readers accept
+    sharded = Manifest.build(**fields, format="dcp", world_size=2, shards=2)  # type: ignore[arg-type]
+    again = Manifest.from_bytes(sharded.to_bytes(), "m")
+    assert (again.world_size, again.shards, again.format) == (2, 2, "dcp")
+    with pytest.raises(ValidationError):
+        Manifest.build(**fields, format="dir", world_size=0)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -74,15 +75,17 @@ def test_conflict_is_fine_and_forbidden_logs_once(caplog: pytest.LogCaptureFixtu
     assert len([r for r in caplog.records if "owner reference" in r.message]) == 1
 
 
-def test_mark_invalid_patches_status_and_ignores_forbidden() -> None:
+def test_request_verification_annotates_and_never_touches_status() -> None:
     api = FakeCustom()
-    KubeRegistry("ns", api, None).mark_invalid("r-step-1-a0", "bad checksum in x")
+    KubeRegistry("ns", api, None).request_verification("r-step-1-a0", "bad checksum in x")
     method, args, kwargs = api.calls[-1]
-    assert method == "patch_namespaced_custom_object_status" and args[4] == "r-step-1-a0"
-    assert args[5] == {"status": {"phase": "Invalid", "message": "bad checksum in x"}}
+    assert method == "patch_namespaced_custom_object" and args[4] == "r-step-1-a0"
+    stamp = args[5]["metadata"]["annotations"]["verify.ckpt.dev/requested-at"]
+    assert datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")  # RFC 3339, as the operator reads
     assert kwargs["_content_type"] == "application/merge-patch+json"
+    assert not [c for c in api.calls if c[0].endswith("_status")]
     for status in (403, 404):
-        KubeRegistry("ns", FakeCustom({method: status}), None).mark_invalid("x", "y")
+        KubeRegistry("ns", FakeCustom({method: status}), None).request_verification("x", "y")
 
 
 def test_annotate_pod_reports_failure() -> None:

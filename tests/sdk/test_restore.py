@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ pytest.importorskip("torch")
 import torch
 
 from ckpt_operator.sdk import CheckpointManager
-from ckpt_operator.sdk.manager import env_candidates
+from ckpt_operator.sdk import manager as manager_module
+from ckpt_operator.sdk.manager import CandidatesUnreadableError, env_candidates
 from ckpt_operator.sdk.registry import CheckpointRecord
 from ckpt_operator.storage.layout import MANIFEST_NAME
 from ckpt_operator.storage.store import Store
@@ -28,7 +30,7 @@ class FakeRegistry:
     def register(self, record: CheckpointRecord) -> None:
         self.registered.append(record)
 
-    def mark_invalid(self, object_name: str, reason: str) -> None:
+    def request_verification(self, object_name: str, reason: str) -> None:
         self.invalid.append((object_name, reason))
 
     def list_checkpoints(self, run: str) -> list[dict[str, Any]]:
@@ -93,7 +95,6 @@ def _corrupt(store: Store, rel: str, how: str) -> str:
         ("dir", "flip"),
         ("dir", "truncate"),
         ("dir", "no-manifest"),
-        ("dir", "missing"),
         ("tar", "flip"),
         ("tar", "truncate"),
     ],
@@ -168,7 +169,8 @@ def test_from_env_contract(tmp_path: Path) -> None:
     assert (manager.run, manager.attempt, manager.format) == ("r", 3, "dir")
     assert manager.candidates() == cands
     assert env_candidates({**env, "CKPT_RESUME_CANDIDATES": ""}) == cands[:1]
-    assert env_candidates({"CKPT_RUN": "r"}) == []  # the operator chose: nothing to resume
+    assert env_candidates({"CKPT_RUN": "r"}) is None  # no candidates given: scan the store
+    assert env_candidates({"CKPT_RUN": "r", "CKPT_RESUME_CANDIDATES": "[]"}) is None
     assert env_candidates({}) is None  # no operator: scan the store
     with pytest.raises(ValueError, match="JSON list"):
         env_candidates({"CKPT_RESUME_CANDIDATES": '{"a": 1}'})
@@ -181,3 +183,114 @@ def test_unpicklable_extra_is_refused_by_name(file_store: Store) -> None:
     with pytest.raises(TypeError, match=r"extra\.cfg.*object"):
         manager.save(1, extra={"cfg": object()})
     assert file_store.list_entries() == []  # refused while staging: nothing written
+
+
+def test_a_run_given_no_candidates_scans_the_store(tmp_path: Path) -> None:
+    """An attached workload's webhook may hand over no candidates: the store still has them."""
+    store = f"file://{tmp_path}/run"
+    _save_steps(Store.from_uri(store), "dir")
+    env = {
+        "CKPT_STORE": store,
+        "CKPT_RUN": "r",
+        "CKPT_ATTEMPT": "2",
+        "CKPT_RESUME_FROM": "",
+        "CKPT_RESUME_CANDIDATES": "[]",
+    }
+    model = _model(0)
+    assert CheckpointManager.from_env(env, registry=None).restore(model=model) == 30
+    assert torch.equal(model.weight, torch.full_like(model.weight, 30))
+
+
+def test_store_scan_skips_an_entry_that_is_a_symlink_out_of_the_store(
+    file_store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _save_steps(file_store, "dir")
+    outside = Store.from_uri(f"file://{tmp_path}/outside")
+    [foreign] = [CheckpointManager(outside, run="r", attempt=1).save(40, model=_model(40))]
+    link = Path(file_store.resolve("step-0000000040.attempt-1"))
+    link.symlink_to(outside.resolve(outside.rel_from_uri(foreign)))
+    older = Path(file_store.resolve("step-0000000005.attempt-1"))
+    older.symlink_to(outside.resolve(outside.rel_from_uri(foreign)))
+    registry = FakeRegistry()
+    model = _model(0)
+    with caplog.at_level(logging.WARNING):
+        assert CheckpointManager(file_store, run="r", registry=registry).restore(model=model) == 30
+    assert torch.equal(model.weight, torch.full_like(model.weight, 30))
+    assert any("step-0000000040" in r.message and "symlink" in r.message for r in caplog.records)
+    assert registry.invalid == []
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manager_module, "RETRY_BACKOFF_S", 0.0)
+
+
+def _deny(
+    monkeypatch: pytest.MonkeyPatch, error: Exception, match: str, times: int | None = None
+) -> list[str]:
+    """Make opening any path containing ``match`` raise ``error`` (the first ``times`` opens)."""
+    denied: list[str] = []
+    real = Store.open
+
+    def open_(self: Store, rel: str, mode: str = "rb", **kwargs: Any) -> Any:
+        if match in rel and (times is None or len(denied) < times):
+            denied.append(rel)
+            raise error
+        return real(self, rel, mode, **kwargs)
+
+    monkeypatch.setattr(Store, "open", open_)
+    return denied
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_an_access_error_is_retried_and_never_reported(
+    file_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = FakeRegistry()
+    uris = _save_steps(file_store, "dir")
+    denied = _deny(monkeypatch, PermissionError(13, "403 Forbidden"), "0030", times=2)
+    manager = CheckpointManager(
+        file_store, run="r", registry=registry, resume_candidates=list(reversed(uris))
+    )
+    assert manager.restore(model=_model(0)) == 30
+    assert len(denied) == 2 and registry.invalid == []
+
+
+@pytest.mark.usefixtures("no_backoff")
+@pytest.mark.parametrize(
+    "error", [PermissionError(13, "403 Forbidden"), TimeoutError("read timed out")]
+)
+def test_candidates_that_cannot_be_read_raise_instead_of_starting_over(
+    file_store: Store, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    registry = FakeRegistry()
+    uris = _save_steps(file_store, "dir")
+    _corrupt(file_store, file_store.rel_from_uri(uris[0]), "flip")  # proven damaged
+    denied = _deny(monkeypatch, error, "step-")
+    manager = CheckpointManager(
+        file_store, run="r", registry=registry, resume_candidates=list(reversed(uris))
+    )
+    with pytest.raises(CandidatesUnreadableError, match="access errors") as caught:
+        manager.restore(model=_model(0))
+    assert set(caught.value.errors) == set(uris)  # the flipped one was never read either
+    assert len(denied) == 3 * manager_module.READ_ATTEMPTS
+    assert registry.invalid == []
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_a_listed_file_not_found_is_no_proof_of_damage(file_store: Store) -> None:
+    registry = FakeRegistry()
+    uris = _save_steps(file_store, "dir")
+    _corrupt(file_store, file_store.rel_from_uri(uris[-1]), "missing")
+    _corrupt(file_store, file_store.rel_from_uri(uris[0]), "flip")
+    manager = CheckpointManager(
+        file_store, run="r", registry=registry, resume_candidates=list(reversed(uris))
+    )
+    assert manager.restore(model=_model(0)) == 20
+    assert registry.invalid == []  # 30 lacks a file: maybe not yet visible, not damaged
+    only_damaged = CheckpointManager(
+        file_store, run="r", registry=registry, resume_candidates=[uris[0]]
+    )
+    assert only_damaged.restore(model=_model(0)) is None  # a proven mismatch: no error
+    [(name, _)] = registry.invalid
+    assert name == "r-step-10-a1"

@@ -11,7 +11,7 @@ names = st.builds(
     layout.CheckpointName,
     step=st.integers(0, 10**10 - 1),
     attempt=st.integers(0, 10**4),
-    format=st.sampled_from(["dir", "tar"]),
+    format=st.sampled_from(["dir", "tar", "dcp"]),
     kind=st.sampled_from(["full", "weights"]),
 )
 
@@ -47,6 +47,19 @@ def test_listing_order_is_step_order() -> None:
     assert [layout.parse_committed(p).step for p in paths] == sorted(steps)  # type: ignore[union-attr]
 
 
+def test_directory_formats_and_suffixes() -> None:
+    dcp = layout.CheckpointName(7, 1, "dcp")
+    assert dcp.path == "step-0000000007.attempt-1.dcp" and dcp.is_directory
+    assert layout.CheckpointName(7, 1, "dir").is_directory
+    assert not layout.CheckpointName(7, 1, "tar").is_directory
+
+
 def test_foreign_entries_are_ignored() -> None:
-    for entry in ("README", "step-12.attempt-0", "step-0000000001.attempt-x", "MANIFEST.json"):
+    for entry in (
+        "README",
+        "step-12.attempt-0",
+        "step-0000000001.attempt-x",
+        "step-0000000001.attempt-0.zip",
+        "MANIFEST.json",
+    ):
         assert layout.parse_committed(entry) is None

@@ -510,9 +510,9 @@ class CheckpointSpec(Model):
             *_plain_name_rules("path"),
         ),
     )
-    format: Literal["dir", "tar"] = Field(
+    format: Literal["dir", "tar", "dcp"] = Field(
         default="dir",
-        description="A directory, or one uncompressed tar file.",
+        description="dir, tar, or dcp (a torch.distributed.checkpoint directory).",
         json_schema_extra=_immutable("format"),
     )
     kind: Literal["full", "weights"] = Field(
@@ -520,6 +520,18 @@ class CheckpointSpec(Model):
         description="full: training state to resume from; weights: an export for consumers, "
         "never resumed from.",
         json_schema_extra=_immutable("kind"),
+    )
+    world_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Processes that wrote a distributed checkpoint; unset: one process.",
+        json_schema_extra=_immutable("worldSize"),
+    )
+    shards: int | None = Field(
+        default=None,
+        ge=1,
+        description="Files holding the state's shards (per rank, or DCP .distcp files).",
+        json_schema_extra=_immutable("shards"),
     )
     metrics: dict[str, float] | None = Field(
         default=None,

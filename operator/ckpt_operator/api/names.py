@@ -81,7 +81,8 @@ ENV_MASTER_ADDR = "MASTER_ADDR"
 ENV_MASTER_PORT = "MASTER_PORT"
 
 # --- vocabulary of Checkpoint specs -----------------------------------------------------------
-Format = Literal["dir", "tar"]
+Format = Literal["dir", "tar", "dcp"]
+"""``dcp``: a torch.distributed.checkpoint directory (``.distcp`` shards + ``.metadata``)."""
 Kind = Literal["full", "weights"]
 KIND_PREFIX: dict[Kind, str] = {"full": "step", "weights": "weights"}
 

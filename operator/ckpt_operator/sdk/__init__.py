@@ -11,11 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ckpt_operator.sdk.consumer import Consumer, WeightsRef
-    from ckpt_operator.sdk.manager import CheckpointManager
+    from ckpt_operator.sdk.manager import CandidatesUnreadableError, CheckpointManager
     from ckpt_operator.sdk.preemption import PreemptionNotice, save_on_sigterm
 
-__all__ = ["CheckpointManager", "Consumer", "PreemptionNotice", "WeightsRef", "save_on_sigterm"]
+__all__ = [
+    "CandidatesUnreadableError",
+    "CheckpointManager",
+    "Consumer",
+    "PreemptionNotice",
+    "WeightsRef",
+    "save_on_sigterm",
+]
 _HOMES = {
+    "CandidatesUnreadableError": "manager",
     "CheckpointManager": "manager",
     "Consumer": "consumer",
     "PreemptionNotice": "preemption",

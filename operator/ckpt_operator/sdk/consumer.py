@@ -59,6 +59,9 @@ class Consumer:
         self.registry = registry
         self.config: dict[str, Any] = {}
         """``config.json`` of the weights :meth:`load_weights` loaded last."""
+        self.loaded: WeightsRef | None = None
+        """The weights :meth:`load_weights` last loaded completely; a failed load keeps the
+        previous ones, so :meth:`report_loaded` never claims weights that are not served."""
         self._warned = False
 
     @classmethod
@@ -118,14 +121,18 @@ class Consumer:
     def load_weights(
         self, ref: WeightsRef | None = None, *, model: Stateful | None = None, verify: bool = True
     ) -> dict[str, torch.Tensor]:
-        """Read (and verify) ``ref``, default :meth:`latest`; load into ``model`` if given."""
+        """Read (and verify) ``ref``, default :meth:`latest`; load into ``model`` if given.
+
+        Only when all of that succeeded does it become :attr:`loaded` (and :attr:`config`).
+        """
         ref = self._resolve(ref)
         _, buffers = read_files(self.store, ref.path, verify=verify)
         tensors = load_tensors(buffers, ref.path)
         config = buffers.get(CONFIG_FILE)
-        self.config = json.loads(config.numpy().tobytes()) if config is not None else {}
+        parsed = json.loads(config.numpy().tobytes()) if config is not None else {}
         if model is not None:
             model.load_state_dict(tensors)
+        self.config, self.loaded = parsed, ref
         return tensors
 
     def fetch(self, dest: str, ref: WeightsRef | None = None) -> WeightsRef:
@@ -145,14 +152,24 @@ class Consumer:
                     shutil.copyfileobj(src, out, 16 << 20)
         return ref
 
-    def report_loaded(self, step: int) -> bool:
+    def report_loaded(self, step: int | None = None) -> bool:
         """Annotate this pod with the step it serves; False (logged once) when it cannot.
+
+        ``step`` defaults to that of :attr:`loaded`: the weights a successful
+        :meth:`load_weights` loaded, not :meth:`latest`, which may have moved on meanwhile.
+        With nothing loaded there is nothing to report (False). After :meth:`fetch`, pass the
+        step once the server has loaded what was fetched.
 
         Call it again while serving the same step (well within the run's
         ``reportTimeoutSeconds``): each call also refreshes the pod's heartbeat, and only a
         consumer whose reports and heartbeats stop counts as silent and stops protecting what
         it serves.
         """
+        if step is None:
+            if self.loaded is None:
+                log.warning("nothing loaded yet: no step to report")
+                return False
+            step = self.loaded.step
         if self.registry is None or not self.pod:
             if not self._warned:
                 self._warned = True

@@ -2,37 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from ckpt_operator.api import names
 from ckpt_operator.api.names import Format
 from ckpt_operator.sdk.asyncsave import AsyncWriter
+from ckpt_operator.sdk.collective import DEFAULT_TIMEOUT_S, Collective
 from ckpt_operator.sdk.export import DEFAULT_MAX_SHARD_SIZE, config_dict, stage_hf
 from ckpt_operator.sdk.registry import CheckpointRecord, KubeRegistry, Registry
+from ckpt_operator.sdk.sharded import Outcome, agree, load_part, write_sharded
 from ckpt_operator.sdk.state import (
-    MODEL_FILE,
     Staged,
     StateError,
-    load_state,
-    load_tensors,
-    read_files,
     rng_state,
     set_rng_state,
     stage_full,
 )
-from ckpt_operator.sdk.tensorfile import TensorFileError
 from ckpt_operator.sdk.writer import write_checkpoint
 from ckpt_operator.storage.layout import CheckpointName, parse_committed
-from ckpt_operator.storage.manifest import VerifyError
-from ckpt_operator.storage.store import Store, StoreError, as_store
+from ckpt_operator.storage.store import PathEscapeError, Store, as_store
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Stateful(Protocol):
@@ -43,17 +44,42 @@ class Stateful(Protocol):
     def load_state_dict(self, state_dict: Any, /) -> Any: ...
 
 
+READ_ATTEMPTS = 3
+"""Reads of one candidate before an access error (permission, timeout) makes restore move on."""
+RETRY_BACKOFF_S = 1.0
+"""The first pause between those reads; it doubles after each."""
+
+
+class CandidatesUnreadableError(RuntimeError):
+    """No candidate loaded, and some could not even be read (access errors, not damage).
+
+    Starting from scratch would silently throw their training away, so restore raises this
+    instead; ``errors`` maps each unreadable candidate's URI to its last error.
+    """
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        self.errors = dict(errors)
+        listed = "; ".join(f"{uri}: {reason}" for uri, reason in self.errors.items())
+        super().__init__(f"no resume candidate could be read (access errors): {listed}")
+
+
 def env_candidates(env: Mapping[str, str]) -> list[str] | None:
-    """Resume candidates the operator handed over; None when no operator chose any."""
+    """Resume candidates the operator handed over; None when there are none to try.
+
+    None makes :meth:`CheckpointManager.restore` scan the store: an attached workload's pods
+    may get no candidates (webhook bypassed, or checkpoints not yet verified), and the
+    committed checkpoints in the store are still better than starting from scratch.
+    """
     raw = env.get(names.ENV_RESUME_CANDIDATES, "").strip()
     if raw:
         candidates = json.loads(raw)
         if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
             raise ValueError(f"{names.ENV_RESUME_CANDIDATES} must be a JSON list of URIs")
-        return candidates
+        if candidates:
+            return candidates
     if env.get(names.ENV_RESUME_FROM):
         return [env[names.ENV_RESUME_FROM]]
-    return [] if env.get(names.ENV_RUN) else None
+    return None
 
 
 class CheckpointManager:
@@ -62,6 +88,12 @@ class CheckpointManager:
     Inside a TrainingRun use :meth:`from_env`. Outside Kubernetes construct it directly; with
     no ``resume_candidates`` :meth:`restore` then scans the store for the newest committed full
     checkpoint. ``format`` defaults to ``dir`` on filesystems and ``tar`` on object stores.
+
+    Under an initialized ``torch.distributed`` group (more than one rank) every rank calls
+    :meth:`save` and :meth:`restore` alike: each rank saves its own state into one checkpoint
+    (:mod:`~ckpt_operator.sdk.sharded`; format ``dir``, tar is refused) and restores its own
+    shard of the same checkpoint, which rank 0 registers. ``collective_timeout_s`` bounds how
+    long ranks wait for a dead peer. For FSDP/DTensor state use :mod:`~ckpt_operator.sdk.dcp`.
     """
 
     def __init__(
@@ -76,6 +108,7 @@ class CheckpointManager:
         verify: bool = True,
         max_pending: int = 1,
         storage_options: Mapping[str, Any] | None = None,
+        collective_timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.store = as_store(store, storage_options)
         self.run = run
@@ -88,6 +121,28 @@ class CheckpointManager:
         """The ``extra`` saved with the checkpoint :meth:`restore` loaded."""
         self._max_pending = max_pending
         self._writer: AsyncWriter | None = None
+        self._format_given = format is not None
+        self._timeout_s = collective_timeout_s
+        self._coll: Collective | None = None
+        self._coll_ready = False
+
+    def collective(self) -> Collective | None:
+        """The SDK's gloo group across the job's ranks; None for a single process.
+
+        Made on first use, which every rank reaches together (its first save or restore).
+        """
+        if not self._coll_ready:
+            self._coll = Collective.create(self._timeout_s)
+            self._coll_ready = True
+            if self._coll is not None and not self._format_given:
+                self.format = "dir"  # the object-store default, tar, has one writer
+        return self._coll
+
+    @property
+    def is_leader(self) -> bool:
+        """True on the rank that commits and registers checkpoints (rank 0, or no group)."""
+        coll = self.collective()
+        return coll is None or coll.is_leader
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> CheckpointManager:
@@ -123,17 +178,24 @@ class CheckpointManager:
 
         With ``blocking=False`` the state is first copied to host memory, then written by a
         background thread while training goes on; :meth:`wait` blocks until it is committed.
+        Under torch.distributed every rank passes its own state (and gets the same URI).
         """
+        coll = self.collective()
+        name = CheckpointName(step, self.attempt, self.format)
         trees = {
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": rng_state(),
             "extra": extra,
         }
-        staged = stage_full(step, model=_state_dict(model), trees=trees, copy=not blocking)
-        return self._submit(
-            CheckpointName(step, self.attempt, self.format), staged, metrics, blocking
-        )
+        try:
+            staged = stage_full(step, model=_state_dict(model), trees=trees, copy=not blocking)
+        except StateError as exc:
+            if coll is not None:  # the other ranks wait for this one: fail them too
+                with contextlib.suppress(Exception):
+                    self._submit(name, Staged({}), metrics, blocking=True, error=str(exc))
+            raise
+        return self._submit(name, staged, metrics, blocking)
 
     def export_weights(
         self,
@@ -148,7 +210,11 @@ class CheckpointManager:
     ) -> str:
         """Commit a weights-only checkpoint in the Hugging Face layout (see
         :mod:`ckpt_operator.sdk.export`) for inference servers; ``config`` is a mapping or a
-        ``transformers`` config. Consumers find it with :meth:`Consumer.latest`."""
+        ``transformers`` config. Consumers find it with :meth:`Consumer.latest`. Under
+        torch.distributed only rank 0 writes it: pass the full model there."""
+        name = CheckpointName(step, self.attempt, self.format, "weights")
+        if not self.is_leader:
+            return self.store.uri(name.path)
         state = _state_dict(model)
         assert state is not None
         staged = stage_hf(
@@ -158,9 +224,30 @@ class CheckpointManager:
             max_shard_size=max_shard_size,
             tokenizer_dir=tokenizer_dir,
         )
-        return self._submit(
-            CheckpointName(step, self.attempt, self.format, "weights"), staged, metrics, blocking
-        )
+        return self._submit(name, staged, metrics, blocking)
+
+    def save_dcp(
+        self,
+        step: int,
+        state_dict: dict[str, Any],
+        *,
+        metrics: Mapping[str, float] | None = None,
+        blocking: bool = True,
+        **options: Any,
+    ) -> Any:
+        """Save ``state_dict`` (e.g. from ``torch.distributed.checkpoint.state_dict``) as one
+        DCP checkpoint; every rank calls it. Returns the URI, or with ``blocking=False`` the
+        future of ``dcp.async_save``. See :mod:`ckpt_operator.sdk.dcpio`."""
+        from ckpt_operator.sdk import dcpio
+
+        return dcpio.save(self, step, state_dict, metrics=metrics, blocking=blocking, **options)
+
+    def restore_dcp(self, state_dict: dict[str, Any], *, planner: Any = None) -> int | None:
+        """Load the newest DCP checkpoint that verifies into ``state_dict`` in place (any
+        world size: DCP reshards) and return its step; None when none does."""
+        from ckpt_operator.sdk import dcpio
+
+        return dcpio.restore(self, state_dict, planner=planner)
 
     def _submit(
         self,
@@ -168,9 +255,10 @@ class CheckpointManager:
         staged: Staged,
         metrics: Mapping[str, float] | None,
         blocking: bool,
+        error: str | None = None,
     ) -> str:
         def job() -> None:
-            self._write(name, staged, metrics)
+            self._write(name, staged, metrics, error)
 
         if blocking and self._writer is None:
             job()
@@ -183,12 +271,30 @@ class CheckpointManager:
         return self.store.uri(name.path)
 
     def _write(
-        self, name: CheckpointName, staged: Staged, metrics: Mapping[str, float] | None
+        self,
+        name: CheckpointName,
+        staged: Staged,
+        metrics: Mapping[str, float] | None,
+        error: str | None = None,
     ) -> None:
-        manifest = write_checkpoint(self.store, name, staged.files, run=self.run, metrics=metrics)
+        coll = self._coll if name.kind == "full" else None
+        files, run = staged.files, self.run
+        if coll is None:
+            manifest = write_checkpoint(self.store, name, files, run=run, metrics=metrics)
+        else:
+            found = write_sharded(
+                coll, self.store, name, files, run=run, metrics=metrics, error=error
+            )
+            if found is None:
+                return  # rank 0 committed it and registers it
+            manifest = found
         log.info("committed %s (%d bytes)", self.store.uri(name.path), manifest.total_size)
         if self.registry is not None:
-            self.registry.register(CheckpointRecord(self.run, name, manifest.metrics))
+            self.registry.register(
+                CheckpointRecord(
+                    self.run, name, manifest.metrics, manifest.world_size, manifest.shards
+                )
+            )
 
     def wait(self) -> None:
         """Block until every asynchronous save is committed; re-raise a failed one."""
@@ -209,12 +315,27 @@ class CheckpointManager:
     # -- restoring ------------------------------------------------------------------------
 
     def candidates(self) -> list[str]:
-        """URIs to try, newest first: the operator's list, else a scan of the store."""
+        """URIs to try, newest first: the operator's list, else a scan of the store.
+
+        Under torch.distributed rank 0's list is used by every rank.
+        """
+        coll = self.collective()
+        if coll is not None and not coll.is_leader:
+            return list(coll.broadcast(None)["candidates"])
         if self.resume_candidates is not None:
-            return list(self.resume_candidates)
-        names = [n for n in map(parse_committed, self.store.list_entries()) if n is not None]
-        names.sort(key=lambda n: (n.step, n.attempt), reverse=True)
-        return [self.store.uri(n.path) for n in names]
+            found = list(self.resume_candidates)
+        else:
+            names = [n for n in map(parse_committed, self.store.list_entries()) if n is not None]
+            names.sort(key=lambda n: (n.step, n.attempt), reverse=True)
+            found = []
+            for n in names:
+                try:
+                    found.append(self.store.uri(n.path))
+                except PathEscapeError as exc:  # e.g. a symlink out of the store: never read
+                    log.warning("skipping store entry %s: %s", n.path, exc)
+        if coll is not None:
+            coll.broadcast({"candidates": found})
+        return found
 
     def restore(
         self,
@@ -226,12 +347,25 @@ class CheckpointManager:
     ) -> int | None:
         """Load the newest candidate that verifies and return its step; None when none does.
 
-        Candidates that fail verification are skipped, and marked Invalid when the pod may.
+        A candidate proven damaged is skipped, and rank 0 asks the operator to verify it
+        again. One that cannot be read is retried, then skipped without blame; if nothing
+        loads and any was unreadable, :class:`CandidatesUnreadableError` is raised. Under
+        torch.distributed each rank checks its own shard and all ranks agree: they load the
+        same candidate, or all move on to the next one.
         """
+        self.wait()  # a pending save would use the ranks' group concurrently
+        unreadable: dict[str, str] = {}
         for uri in self.candidates():
-            loaded = self._load_candidate(uri)
-            if loaded is None:
+            read = partial(load_part, self.store, uri, self.collective(), verify=self.verify)
+            outcome, loaded = self.read_candidate(uri, read)
+            if outcome.fatal:
+                raise ValueError(f"cannot resume from {uri}: {outcome.reason}")
+            if not outcome.ok:
+                if outcome.unreadable:
+                    unreadable[uri] = outcome.reason
+                self.reject(uri, outcome)
                 continue
+            assert loaded is not None
             step, model_state, doc = loaded
             if model is not None:
                 model.load_state_dict(_require(model_state, "model", uri))
@@ -244,37 +378,38 @@ class CheckpointManager:
             self.extra = doc.get("extra")
             log.info("restored step %d from %s", step, uri)
             return step
+        if unreadable:
+            raise CandidatesUnreadableError(unreadable)
         return None
 
-    def _load_candidate(
-        self, uri: str
-    ) -> tuple[int, dict[str, torch.Tensor] | None, dict[str, Any]] | None:
-        try:
-            rel = self.store.rel_from_uri(uri)
-        except StoreError as exc:
-            log.error("skipping resume candidate: %s", exc)
-            return None
-        name = parse_committed(rel)
-        if name is None:
-            log.error("skipping resume candidate %s: not a committed checkpoint name", uri)
-            return None
-        try:
-            manifest, buffers = read_files(self.store, rel, verify=self.verify)
-            if manifest.kind != "full":
-                log.warning(
-                    "skipping %s: a %s checkpoint holds no training state", uri, manifest.kind
-                )
-                return None
-            doc = load_state(buffers)
-            model_file = buffers.get(MODEL_FILE)
-            model_state = None if model_file is None else load_tensors(model_file, MODEL_FILE)
-        except (VerifyError, TensorFileError, StateError, ValueError, KeyError) as exc:
-            reason = f"failed verification at restore: {exc}"
-            log.warning("skipping %s: %s", uri, reason)
-            if self.registry is not None:
-                self.registry.mark_invalid(name.object_name(self.run), reason)
-            return None
-        return int(doc["step"]), model_state, doc
+    def read_candidate(self, uri: str, read: Callable[[], tuple[Outcome, T]]) -> tuple[Outcome, T]:
+        """``read()`` agreed across the ranks, again with backoff while it is unreadable.
+
+        Every rank reaches the same verdict, so all retry together or none does.
+        """
+        delay = RETRY_BACKOFF_S
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            outcome, loaded = read()
+            outcome = agree(self.collective(), outcome)
+            if outcome.ok or outcome.fatal or not outcome.unreadable or attempt == READ_ATTEMPTS:
+                break
+            log.warning("cannot read %s (try %d): %s", uri, attempt, outcome.reason)
+            time.sleep(delay)
+            delay *= 2
+        return outcome, loaded
+
+    def reject(self, uri: str, outcome: Outcome) -> None:
+        """Log a skipped candidate; for one proven damaged rank 0 requests re-verification.
+
+        The operator alone decides Invalid: the pod only annotates the Checkpoint, so it
+        needs no write access to Checkpoint status.
+        """
+        log.warning("skipping %s: %s", uri, outcome.reason)
+        name = parse_committed(uri)
+        if outcome.invalid and name is not None and self.registry is not None and self.is_leader:
+            self.registry.request_verification(
+                name.object_name(self.run), f"failed verification at restore: {outcome.reason}"
+            )
 
 
 def _state_dict(

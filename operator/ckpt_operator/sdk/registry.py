@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ckpt_operator.api import names
+from ckpt_operator.api.conditions import now_iso
 from ckpt_operator.kube.objects import checkpoint_body
 from ckpt_operator.storage.layout import CheckpointName
 
@@ -28,6 +29,9 @@ class CheckpointRecord:
     run: str
     name: CheckpointName
     metrics: Mapping[str, float] = field(default_factory=dict)
+    world_size: int | None = None
+    """Ranks that wrote it (distributed checkpoints only)."""
+    shards: int | None = None
 
     @property
     def object_name(self) -> str:
@@ -39,7 +43,7 @@ class Registry(Protocol):
 
     def register(self, record: CheckpointRecord) -> None: ...
 
-    def mark_invalid(self, object_name: str, reason: str) -> None: ...
+    def request_verification(self, object_name: str, reason: str) -> None: ...
 
     def list_checkpoints(self, run: str) -> list[dict[str, Any]]: ...
 
@@ -104,6 +108,9 @@ class KubeRegistry:
         body = checkpoint_body(
             record.run, record.name, metrics=record.metrics, owner_uid=self._run_uid(record.run)
         )
+        for key, value in (("worldSize", record.world_size), ("shards", record.shards)):
+            if value is not None:
+                body["spec"][key] = value
         try:
             self._custom.create_namespaced_custom_object(
                 names.GROUP,
@@ -117,23 +124,24 @@ class KubeRegistry:
             if getattr(exc, "status", None) != 409:  # 409: already registered (by the scan)
                 self._failed("registering Checkpoint objects", exc)
 
-    def mark_invalid(self, object_name: str, reason: str) -> None:
-        """Refused (403, silently) wherever the chart's RBAC and status-writer policy hold:
-        only the operator decides what is Ready or Invalid, and it verifies what it registers."""
+    def request_verification(self, object_name: str, reason: str) -> None:
+        """Ask the operator to verify a Checkpoint again (it alone sets Invalid), with the
+        annotation it watches: trainers need no write access to Checkpoint status."""
+        log.info("requesting re-verification of %s: %s", object_name, reason)
         try:
-            self._custom.patch_namespaced_custom_object_status(
+            self._custom.patch_namespaced_custom_object(
                 names.GROUP,
                 names.VERSION,
                 self.namespace,
                 names.CHECKPOINTS,
                 object_name,
-                {"status": {"phase": "Invalid", "message": reason}},
+                {"metadata": {"annotations": {names.ANNOTATION_VERIFY_REQUESTED: now_iso()}}},
                 _content_type=names.MERGE_PATCH,
                 _request_timeout=TIMEOUT_S,
             )
         except Exception as exc:
-            if getattr(exc, "status", None) not in (403, 404):
-                self._failed("marking a Checkpoint Invalid", exc)
+            if getattr(exc, "status", None) != 404:  # 404: deleted meanwhile
+                self._failed("requesting re-verification of a Checkpoint", exc)
 
     def list_checkpoints(self, run: str) -> list[dict[str, Any]]:
         result = self._custom.list_namespaced_custom_object(

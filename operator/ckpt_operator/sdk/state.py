@@ -176,15 +176,19 @@ def load_state(buffers: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def read_files(
-    store: Store, rel_path: str, *, verify: bool
+    store: Store, rel_path: str, *, verify: bool, prefix: str = ""
 ) -> tuple[Manifest, dict[str, torch.Tensor]]:
-    """Every file of a committed checkpoint, read once into fresh host buffers and checked
-    against the manifest on the way (sizes always, checksums when ``verify``)."""
+    """Every file of a committed checkpoint (under ``prefix``: one rank's shard), read once
+    into fresh host buffers and checked against the manifest on the way (sizes always,
+    checksums when ``verify``). Buffers are keyed by file name without the prefix."""
     buffers: dict[str, torch.Tensor] = {}
 
     def into(name: str, size: int) -> memoryview:
-        buffers[name] = torch.empty(size, dtype=torch.uint8)
-        return buffers[name].numpy().data
+        buffers[name[len(prefix) :]] = buffer = torch.empty(size, dtype=torch.uint8)
+        return buffer.numpy().data
 
-    manifest, _ = scan(store, rel_path, checksums=verify, into=into)
+    def mine(name: str) -> bool:
+        return name.startswith(prefix)
+
+    manifest, _ = scan(store, rel_path, checksums=verify, into=into, only=mine)
     return manifest, buffers

@@ -15,6 +15,10 @@ dir, s3    object stores cannot rename a prefix: every file is written under the
            without a manifest as uncommitted; the operator collects such leftovers.
 =========  ============================================================================
 
+A distributed save (:mod:`ckpt_operator.sdk.sharded`) uses the same sinks: every rank adds its
+files (under its own sub-directory) to the one temporary directory or prefix, and only rank 0
+commits or aborts.
+
 Bytes are checksummed as they are written (no re-read) in cache-sized chunks, and tensors
 are written from their own memory (no serialisation copy).
 """
@@ -105,11 +109,14 @@ def _write_local_file(path: str, pieces: Sequence[memoryview]) -> tuple[int, str
     return out.size, checksum
 
 
-class _Sink:
+class Sink:
     """Receives the files of one checkpoint, then commits (or aborts) it."""
 
     def add(self, name: str, pieces: Sequence[memoryview], size: int) -> FileEntry:
         raise NotImplementedError
+
+    def flush(self) -> None:
+        """Make the files added so far durable (a rank's part of a distributed save)."""
 
     def commit(self, manifest: bytes) -> None:
         raise NotImplementedError
@@ -118,19 +125,31 @@ class _Sink:
         raise NotImplementedError
 
 
-class _LocalDir(_Sink):
-    def __init__(self, store: Store, tmp: str, final: str) -> None:
+class _LocalDir(Sink):
+    def __init__(self, store: Store, tmp: str, final: str, *, create: bool = True) -> None:
         self._root = store.resolve("")
         self._tmp = store.resolve(tmp)
         self._final = store.resolve(final)
-        os.mkdir(self._tmp)
+        self._subdirs: set[str] = set()
+        if create:
+            os.mkdir(self._tmp)
 
     def add(self, name: str, pieces: Sequence[memoryview], size: int) -> FileEntry:
-        written, checksum = _write_local_file(os.path.join(self._tmp, name), pieces)
+        path = os.path.join(self._tmp, name)
+        parent = os.path.dirname(path)
+        if parent != self._tmp and parent not in self._subdirs:
+            os.makedirs(parent, exist_ok=True)
+            self._subdirs.add(parent)
+        written, checksum = _write_local_file(path, pieces)
         return FileEntry(path=name, size=written, checksum=checksum)
+
+    def flush(self) -> None:
+        for subdir in sorted(self._subdirs, reverse=True):  # deepest first
+            _fsync_dir(subdir)
 
     def commit(self, manifest: bytes) -> None:
         _write_local_file(os.path.join(self._tmp, MANIFEST_NAME), [memoryview(manifest)])
+        self.flush()
         _fsync_dir(self._tmp)
         os.rename(self._tmp, self._final)  # refuses a non-empty final directory
         _fsync_dir(self._root)
@@ -139,7 +158,7 @@ class _LocalDir(_Sink):
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-class _Tar(_Sink):
+class _Tar(Sink):
     """Streams an uncompressed tar: headers from ``tarfile``, data straight from buffers."""
 
     def __init__(self, out: IO[bytes] | None = None) -> None:
@@ -222,7 +241,7 @@ class _RemoteTar(_Tar):
             discard()  # abort the multipart upload: nothing becomes visible
 
 
-class _RemoteDir(_Sink):
+class _RemoteDir(Sink):
     def __init__(self, store: Store, final: str) -> None:
         self._store = store
         self._final = final
@@ -246,6 +265,24 @@ class _RemoteDir(_Sink):
         self._store.remove(self._final)
 
 
+def prepare(store: Store, name: CheckpointName) -> str:
+    """Check that ``name`` is free and the root exists; returns a fresh unique temporary id."""
+    if store.exists(name.path):
+        raise CheckpointExistsError(f"{store.uri(name.path)} already exists; not overwriting")
+    store.ensure_root()
+    return uuid.uuid4().hex[:12]
+
+
+def open_sink(store: Store, name: CheckpointName, unique: str, *, create: bool = True) -> Sink:
+    """Where ``name``'s files go; ``create=False`` joins a directory another rank created."""
+    if store.is_local:
+        tmp = name.temporary_path(unique)
+        if name.format == "tar":
+            return _LocalTar(store, tmp, name.path)
+        return _LocalDir(store, tmp, name.path, create=create)
+    return _RemoteTar(store, name.path) if name.format == "tar" else _RemoteDir(store, name.path)
+
+
 def write_checkpoint(
     store: Store,
     name: CheckpointName,
@@ -255,20 +292,7 @@ def write_checkpoint(
     metrics: Mapping[str, float] | None = None,
 ) -> Manifest:
     """Write ``files`` as checkpoint ``name`` and commit it; on any error nothing is committed."""
-    if store.exists(name.path):
-        raise CheckpointExistsError(f"{store.uri(name.path)} already exists; not overwriting")
-    store.ensure_root()
-    sink: _Sink
-    if store.is_local:
-        tmp = name.temporary_path(uuid.uuid4().hex[:12])
-        sink = (
-            _LocalDir(store, tmp, name.path)
-            if name.format == "dir"
-            else _LocalTar(store, tmp, name.path)
-        )
-    else:
-        remote = _RemoteDir if name.format == "dir" else _RemoteTar
-        sink = remote(store, name.path)
+    sink = open_sink(store, name, prepare(store, name))
     try:
         entries = [sink.add(fname, pieces, size) for fname, (pieces, size) in files.items()]
         manifest = Manifest.build(

@@ -6,6 +6,10 @@ fastest of the candidates on the 2-core build machines (xxh3-128 ≈ 10 GB/s, cr
 blake3 ≈ 1.4 GB/s on one core), so checking costs little next to disk I/O and the 128 bits
 make accidental collisions irrelevant. It is not a cryptographic signature: it detects
 corruption and truncation, not an attacker who can rewrite the manifest too.
+
+A distributed checkpoint is still one manifest: rank 0 lists every rank's files and records
+``world_size`` and ``shards``. Both are optional and left out of single-process manifests, so
+those stay byte-for-byte what older readers (with ``extra="forbid"``) accept.
 """
 
 from __future__ import annotations
@@ -17,7 +21,15 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from ckpt_operator.api.names import Format, Kind
 from ckpt_operator.storage.layout import MANIFEST_NAME, parse_committed
@@ -85,6 +97,10 @@ class Manifest(BaseModel):
     files: tuple[FileEntry, ...]
     total_size: NonNegativeInt
     digest: str
+    world_size: PositiveInt | None = None
+    """Processes that wrote it; None: one, not under torch.distributed."""
+    shards: PositiveInt | None = None
+    """Files holding model/optimizer shards (one per rank natively; DCP's ``.distcp`` files)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -108,6 +124,8 @@ class Manifest(BaseModel):
         format: Format,
         files: Sequence[FileEntry],
         metrics: dict[str, float] | None = None,
+        world_size: int | None = None,
+        shards: int | None = None,
     ) -> Manifest:
         return cls(
             run=run,
@@ -120,10 +138,12 @@ class Manifest(BaseModel):
             files=tuple(files),
             total_size=sum(f.size for f in files),
             digest=compute_digest(files),
+            world_size=world_size,
+            shards=shards,
         )
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json(indent=1).encode()
+        return self.model_dump_json(indent=1, exclude_none=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> Manifest:
@@ -146,6 +166,11 @@ class VerifyResult:
 
 class VerifyError(Exception):
     """A checkpoint does not match its manifest; the message names the file."""
+
+
+class UnreadableError(VerifyError):
+    """A checkpoint could not be read (permission, timeout, a listed file not found): nothing
+    about it is proven wrong, so a reader may retry it but must not call it Invalid."""
 
 
 class Readable(Protocol):
@@ -223,20 +248,26 @@ def verify(store: Store, rel_path: str, mode: VerifyMode) -> VerifyResult:
 
 
 def scan(
-    store: Store, rel_path: str, *, checksums: bool, into: Allocate | None = None
+    store: Store,
+    rel_path: str,
+    *,
+    checksums: bool,
+    into: Allocate | None = None,
+    only: Callable[[str], bool] | None = None,
 ) -> tuple[Manifest, int]:
     """Check a committed checkpoint; with ``into``, also read every listed file into memory.
 
     The single implementation behind :func:`verify` (the operator) and the SDK's loader, which
     reads and checks in one pass. Returns the manifest and the bytes the checkpoint occupies;
-    any failure is a :class:`VerifyError` whose message names the file.
+    any failure is a :class:`VerifyError` whose message names the file. ``only`` limits the
+    files checked (and read) in a directory checkpoint: a rank checks its own shard.
     """
     name = parse_committed(rel_path)
     if name is None:
         raise VerifyError(f"{rel_path}: not a committed checkpoint name")
     try:
-        if name.format == "dir":
-            manifest, size = _scan_dir(store, rel_path, checksums, into)
+        if name.is_directory:
+            manifest, size = _scan_dir(store, rel_path, checksums, into, only)
         else:
             manifest, size = _scan_tar(store, rel_path, checksums, into)
     except (ManifestError, StoreError) as exc:
@@ -244,9 +275,9 @@ def scan(
     except tarfile.TarError as exc:
         raise VerifyError(f"{rel_path}: damaged archive ({exc})") from exc
     except FileNotFoundError:
-        raise VerifyError(f"{rel_path}: missing") from None
+        raise UnreadableError(f"{rel_path}: missing") from None
     except OSError as exc:
-        raise VerifyError(f"{rel_path}: cannot be read ({exc})") from exc
+        raise UnreadableError(f"{rel_path}: cannot be read ({exc})") from exc
     found = (manifest.step, manifest.attempt, manifest.format)
     if found != (name.step, name.attempt, name.format):
         raise VerifyError(
@@ -256,10 +287,16 @@ def scan(
 
 
 def _scan_dir(
-    store: Store, rel_path: str, checksums: bool, into: Allocate | None
+    store: Store,
+    rel_path: str,
+    checksums: bool,
+    into: Allocate | None,
+    only: Callable[[str], bool] | None,
 ) -> tuple[Manifest, int]:
     manifest = read_manifest(store, rel_path)
     for entry in manifest.files:
+        if only is not None and not only(entry.path):
+            continue
         where = f"{rel_path}/{entry.path}"
         try:
             if not checksums and into is None:
@@ -271,7 +308,7 @@ def _scan_dir(
                 if size == entry.size and f.read(1):
                     size += 1  # longer than listed: report as a size mismatch
         except FileNotFoundError:
-            raise VerifyError(f"{where}: missing") from None
+            raise UnreadableError(f"{where}: missing") from None
         check_entry(where, entry, size, checksum if checksums else None)
     return manifest, manifest.total_size + len(manifest.to_bytes())
 
