@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ckpt_operator.api.models import MAX_STEP
 from ckpt_operator.policy.deletion import deletion_blockers
 from ckpt_operator.policy.records import DUPLICATE, MISMATCH, aliases, not_record, record_of
+from ckpt_operator.storage.layout import CheckpointName
 from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.run import RunView
 from tests.unit.factories import checkpoint as ckpt
@@ -98,3 +99,13 @@ def test_exactly_one_consistent_checkpoint_is_the_record(
     records = {c.name for c in group if not_record(c, group) is None}
     assert len(records) == (1 if consistent else 0)
     assert all(record_of(c, group) in (None, *consistent) for c in group)
+
+
+def test_every_format_and_kind_the_layout_knows_is_a_consistent_record() -> None:
+    """A DCP checkpoint registered by the SDK is a record like any other, not a mismatch."""
+    for fmt in ("dir", "tar", "dcp"):
+        for kind in ("full", "weights"):
+            name = CheckpointName(5, 0, fmt, kind)
+            info = replace(ckpt(5), format=fmt, kind=kind, path=name.path)
+            assert info.consistent, (fmt, kind)
+            assert not_record(info, [info]) is None

@@ -19,6 +19,7 @@ from ckpt_operator.api.models import MAX_STEP
 from ckpt_operator.policy import records, retention
 from ckpt_operator.policy.consumers import consumers_of
 from ckpt_operator.policy.deletion import deletion_blockers
+from ckpt_operator.storage.layout import parse_committed
 from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.pod import AttemptPod, ConsumerView, failure_of, waiting_reason
 from ckpt_operator.views.run import RunView
@@ -132,7 +133,13 @@ def test_views_of_hostile_bodies_and_decisions_on_them_never_raise(
 ) -> None:
     info = CheckpointInfo.from_body(checkpoint)
     assert isinstance(info.run, str) and isinstance(info.path, str)
-    assert info.consistent is (info.path == info.expected_path)
+    # Consistent exactly when the store layout reads its path back as its spec says.
+    parsed = parse_committed(info.path)
+    assert info.consistent is (
+        parsed is not None
+        and (parsed.step, parsed.attempt, parsed.format, parsed.kind)
+        == (info.step, info.attempt, info.format, info.kind)
+    )
     view = RunView.from_body(run)
     assert view.report_timeout_s > 0
     consumer = ConsumerView.from_body(pod)

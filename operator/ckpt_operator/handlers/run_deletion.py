@@ -18,7 +18,7 @@ from ckpt_operator import metrics
 from ckpt_operator.handlers.consumers import run_consumers
 from ckpt_operator.handlers.indexes import CheckpointsByRun, ConsumersByRun, PodsByNamespace
 from ckpt_operator.handlers.maintenance import report_unsafe
-from ckpt_operator.handlers.runtime import Logger, runtime
+from ckpt_operator.handlers.runtime import Logger, Runtime, runtime
 from ckpt_operator.handlers.selectors import TRAINING_RUNS
 from ckpt_operator.handlers.store_scan import sweep
 from ckpt_operator.handlers.wakeups import GONE, DeletionSignals
@@ -27,7 +27,7 @@ from ckpt_operator.policy.consumers import blocking_consumers
 from ckpt_operator.storage import layout
 from ckpt_operator.storage.open import open_store
 from ckpt_operator.storage.store import StoreError
-from ckpt_operator.views.run import RunView
+from ckpt_operator.views.run import RunKey, RunView
 
 
 @kopf.on.delete(*TRAINING_RUNS, id="delete-checkpoints")  # type: ignore[arg-type]  # see indexes
@@ -62,6 +62,7 @@ async def delete_checkpoints(
         )
     except StoreError as exc:
         logger.warning("store of run %s not swept: %s", run.name, exc)
+        _forget(state, key)
         return
     entries = await asyncio.to_thread(store.list_entries)
     consumers = run_consumers(run, consumers_by_run, pods_by_namespace)
@@ -78,5 +79,9 @@ async def delete_checkpoints(
         )
     swept = await asyncio.to_thread(sweep, store, run, set(), True, memo.config, logger)
     report_unsafe(body, swept.unsafe, state.unsafe.pop(key, set()))
-    state.last_scan.pop(key, None)
-    state.newest.forget(key)
+    _forget(state, key)
+
+
+def _forget(state: Runtime, key: RunKey) -> None:
+    state.forget(key)
+    metrics.CONSUMERS_SILENT.set(sum(len(v) for v in state.flagged.values()))

@@ -67,6 +67,13 @@ class Runtime:
     indexed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once Kopf has listed every index (handlers run only then): admission waits for it."""
 
+    def forget(self, key: RunKey) -> None:
+        """Drop what is kept about a deleted run, so nothing of it outlives it."""
+        for per_run in (self.last_scan, self.flagged, self.unsafe, self.bad_reports):
+            per_run.pop(key, None)
+        self.store_errors.pop(key, None)
+        self.newest.forget(key)
+
 
 def runtime(memo: kopf.Memo) -> Runtime:
     """The operator's shared state (set up by the startup handler)."""

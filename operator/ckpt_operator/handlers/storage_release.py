@@ -162,7 +162,7 @@ async def _store_of(
 def remove_checkpoint(store: Store, path: str, fmt: str) -> None:
     """Delete one checkpoint's files; the manifest first, so a partial deletion is never
     mistaken for a committed checkpoint (readers and the scan ignore a directory without one)."""
-    if fmt == "dir" and not path.endswith(layout.TAR_SUFFIX):
+    if fmt != "tar" and not path.endswith(layout.TAR_SUFFIX):
         store.remove(f"{path}/{layout.MANIFEST_NAME}")
     store.remove(path)
 

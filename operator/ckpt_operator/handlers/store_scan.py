@@ -33,7 +33,7 @@ def _committed(store: Store, entry: str) -> tuple[layout.CheckpointName, dict[st
     name = layout.parse_committed(entry)
     if name is None:
         return None
-    if name.format == "dir" and not store.exists(f"{entry}/{layout.MANIFEST_NAME}"):
+    if name.is_directory and not store.exists(f"{entry}/{layout.MANIFEST_NAME}"):
         return None  # not committed (an s3 directory is committed by its manifest, last)
     try:
         found, _ = scan(store, entry, checksums=False)

@@ -33,7 +33,7 @@ def orphan_kind(
     name = layout.parse_committed(entry)
     if name is None:
         return None  # not ours: never touched
-    if name.format == "dir" and not has_manifest(entry):
+    if name.is_directory and not has_manifest(entry):
         return "uncommitted"
     if run_deleted and not registered(name):
         return "unregistered"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from ckpt_operator.api import names
 from ckpt_operator.api.conditions import parse_time
@@ -82,10 +82,10 @@ class CheckpointInfo:
         """Where the store layout puts the checkpoint this spec describes; None if it cannot."""
         if not (0 <= self.step <= MAX_STEP and 0 <= self.attempt <= INT32_MAX):
             return None
-        if self.format not in ("dir", "tar") or self.kind not in ("full", "weights"):
+        fmt = next((f for f in get_args(names.Format) if f == self.format), None)
+        kind = next((k for k in get_args(names.Kind) if k == self.kind), None)
+        if fmt is None or kind is None:
             return None
-        fmt: names.Format = "tar" if self.format == "tar" else "dir"
-        kind: names.Kind = "weights" if self.kind == "weights" else "full"
         return layout.CheckpointName(self.step, self.attempt, fmt, kind).path
 
     @property
