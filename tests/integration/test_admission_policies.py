@@ -220,3 +220,60 @@ def test_a_consumer_reports_only_for_its_own_pod(
     with as_service_account(k8s, kubeconfig, namespace, sa, tmp_path) as operator:
         assert refused(annotate(operator, "pod-b", names.ANNOTATION_LOADED_STEP, "8")) is None
     assert reports("pod-b")[names.ANNOTATION_LOADED_STEP] == "8"
+
+
+def test_a_trainer_changes_a_checkpoint_only_to_ask_for_verification(
+    helm: Helm,
+    k8s: Any,
+    kubeconfig: Path,
+    tmp_path: Path,
+    namespace: str,
+    other_namespace: str,
+    installed: Callable[[Manifest, str], None],
+) -> None:
+    values = {
+        "allowedRoots": ROOTS,
+        "watchNamespaces": [other_namespace],
+        "trainerRole": {"bindings": [{"namespace": other_namespace, "serviceAccount": "trainer"}]},
+    }
+    manifest = render(helm, tmp_path, _release(namespace), namespace, values)
+    installed(manifest, namespace)
+    admin = Cluster(k8s, other_namespace)
+    run = admin.create_run(run_body("r", "file:///data/checkpoints/r"))
+    name = admin.register(run, 10)
+
+    def patch(api: Any, body: dict[str, Any]) -> Callable[[], object]:
+        return lambda: client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            "ckpt.dev", "v1alpha1", other_namespace, names.CHECKPOINTS, name, body
+        )
+
+    patch(k8s, {"metadata": {"finalizers": [names.FINALIZER]}})()  # as the operator would
+
+    def annotations(**values: str | None) -> dict[str, Any]:
+        return {"metadata": {"annotations": values}}
+
+    force = annotations(**{names.ANNOTATION_FORCE_DELETE: "true"})
+    with as_service_account(k8s, kubeconfig, other_namespace, "trainer", tmp_path) as trainer:
+        # Once the policy is in force (a new annotation each try: a patch that changes
+        # nothing is never refused)...
+        assert (
+            eventually_refused(
+                lambda: patch(trainer, annotations(probe=str(time.monotonic_ns())))()
+            )
+            == 403
+        )
+        # ...none of what would unprotect the files goes through...
+        for body in (
+            force,
+            annotations(**{names.ANNOTATION_STORE: "file:///elsewhere/"}),
+            {"metadata": {"labels": {"x": "y"}}},
+            {"metadata": {"finalizers": None}},
+            {"spec": {"metrics": {"loss": 0.0}}},
+        ):
+            assert refused(patch(trainer, body)) == 403, body
+        # ...while asking for a verification, the SDK's one call, does.
+        asked = annotations(**{names.ANNOTATION_VERIFY_REQUESTED: "2026-01-01T00:00:00Z"})
+        assert refused(patch(trainer, asked)) is None
+    # People keep what RBAC gives them.
+    assert refused(patch(k8s, force)) is None
+    assert refused(patch(k8s, {"metadata": {"finalizers": None}})) is None
