@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from ckpt_operator.api import crdgen, names
 from ckpt_operator.kube.objects import checkpoint_body
@@ -124,14 +125,23 @@ def create_checkpoints(
 
 def verified_count(api: Any, run_prefix: str) -> int:
     """Checkpoints of runs named ``run_prefix…`` the operator has verified itself."""
-    listed = client.CustomObjectsApi(api).list_namespaced_custom_object(
-        names.GROUP, names.VERSION, NS, names.CHECKPOINTS
-    )
-    return sum(
-        operator_verified(item.get("status") or {}, item["metadata"].get("generation"))
-        for item in listed["items"]
-        if item["spec"]["run"].startswith(run_prefix)
-    )
+    custom = client.CustomObjectsApi(api)
+    count, token = 0, None
+    while True:
+        try:
+            page = custom.list_namespaced_custom_object(
+                names.GROUP, names.VERSION, NS, names.CHECKPOINTS, limit=500, _continue=token
+            )
+        except ApiException:
+            return -1  # a busy API server: ask again later
+        count += sum(
+            operator_verified(item.get("status") or {}, item["metadata"].get("generation"))
+            for item in page["items"]
+            if item["spec"]["run"].startswith(run_prefix)
+        )
+        token = page["metadata"].get("continue")
+        if not token:
+            return count
 
 
 def first_handled(api: Any, root: Path) -> None:
@@ -218,6 +228,7 @@ def main() -> None:
         operator.start()
         small_runs = create_runs(api, "base", 20, stores, pool)
         small = create_checkpoints(api, small_runs, 200, stores, pool)
+        wait_for(lambda: verified_count(api, "base-") >= 200, 600, "base verified", 1)
         wait_for(
             lambda: pods_exist(api, {names.attempt_pod_name(r, 0) for r in small_runs}), 300, "pods"
         )
