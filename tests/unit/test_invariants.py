@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +12,9 @@ import pytest
 from ckpt_operator.api import names
 from ckpt_operator.storage import layout
 from ckpt_operator.testing import convergence
+from ckpt_operator.testing.checkpoints import write_checkpoint
 from ckpt_operator.testing.history import (
+    ATOMIC_COMMIT,
     CHECKPOINTS,
     COMMITTED,
     CONFINED_PATHS,
@@ -26,6 +29,7 @@ from ckpt_operator.testing.history import (
     Record,
 )
 from ckpt_operator.testing.invariants import InvariantChecker
+from ckpt_operator.testing.observer import torn
 
 ROOT = "file:///tmp/allowed/r"
 T0 = 1_900_000_000.0
@@ -227,6 +231,19 @@ def test_a_live_pod_whose_status_write_was_lost_protects_its_resume_point(h: His
     assert "resume target" in h.checker.violations[0].message
 
 
+def test_a_deletion_inside_a_watch_gap_is_judged_at_the_gap_end(h: History) -> None:
+    h.emit(PODS, consumer(5, T0), "ADDED")
+    gone = Record(h.rev + 1, CHECKPOINTS, "DELETED", ckpt(5), h.t + 1, 99, relisted=True)
+    h.checker.feed(gone)
+    assert h.invariants() == [SAFE_DELETION]
+    assert "end of a watch gap" in h.checker.violations[0].message
+    assert h.checker.unjudged == ["deletion of r-step-5-a0 fell into a watch gap"]
+    h.emit(PODS, consumer(7, T0))
+    h.emit(CHECKPOINTS, ckpt(6, force=True))  # the newest now, but forced
+    h.checker.feed(Record(h.rev + 1, CHECKPOINTS, "DELETED", ckpt(6), h.t + 1, 99, relisted=True))
+    assert len(h.checker.violations) == 1
+
+
 def test_storage_vanishing_without_a_deletion(h: History) -> None:
     h.store(COMMITTED, 5)
     h.store(GONE, 5)
@@ -319,6 +336,15 @@ def test_a_changed_canary_is_a_confined_paths_violation() -> None:
     checker = InvariantChecker()
     checker.feed(Record(3, "canary", "CHANGED", {"run": "/outside", "entry": ""}, T0))
     assert [v.invariant for v in checker.violations] == [CONFINED_PATHS]
+
+
+def test_a_committed_entry_that_does_not_verify_breaks_atomic_commit(tmp_path: Path) -> None:
+    whole = write_checkpoint(tmp_path, "r", 5)
+    assert torn("r", tmp_path, 1) == []
+    (tmp_path / write_checkpoint(tmp_path, "r", 6) / "model.bin").write_bytes(b"half")
+    found = torn("r", tmp_path, 1)
+    assert [v.invariant for v in found] == [ATOMIC_COMMIT]
+    assert "step-0000000006" in found[0].message and whole not in found[0].message
 
 
 def test_convergence_lists_what_the_operator_still_owes(h: History) -> None:

@@ -42,6 +42,9 @@ class Record:
     at: float
     """Wall-clock seconds (``time.time()``) when it was observed."""
     seq: int = 0
+    relisted: bool = False
+    """Made up from a relist after a watch gap: what happened to the object in between is
+    unknown, and ``at`` is when the gap closed."""
 
     @property
     def order(self) -> tuple[int, int, int]:

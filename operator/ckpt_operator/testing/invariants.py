@@ -76,6 +76,8 @@ class _Deletion:
     free: bool = False
     judged: bool = False
     reasons: list[str] = field(default_factory=list)
+    gap: bool = False
+    """Its deletion fell into a watch gap: judged on the state at the gap's end only."""
 
 
 class InvariantChecker:
@@ -87,6 +89,8 @@ class InvariantChecker:
         self.committed: dict[tuple[str, str], int] = {}
         """(run, store entry) -> revision it was seen committed at."""
         self.violations: list[Violation] = []
+        self.unjudged: list[str] = []
+        """What fell into watch gaps and could only be judged in part, or not at all."""
         self.revision, self.now, self.fed = 0, 0.0, 0
         self._deletions: dict[str, _Deletion] = {}
         self._pod_uids: dict[tuple[str, int, int], str] = {}
@@ -106,6 +110,8 @@ class InvariantChecker:
     def feed(self, rec: Record) -> None:
         self.revision, self.now = rec.revision, max(self.now, rec.at)
         self.fed += 1
+        if rec.relisted and rec.kind == CHECKPOINTS and rec.type == "DELETED":
+            self._unseen_deletion(rec)
         self._evaluate_deletions()  # the previous state, as of now
         if rec.kind == STORE:
             self._store(rec)
@@ -123,7 +129,7 @@ class InvariantChecker:
                 store[name] = rec.body
             after = None if rec.type == "DELETED" else rec.body
             if rec.kind == PODS:
-                self._pod(rec.body, before, after)
+                self._pod(rec.body, before, after, rec.relisted)
             elif rec.kind == CHECKPOINTS:
                 self._checkpoint(name, rec, before, after)
             else:
@@ -206,17 +212,25 @@ class InvariantChecker:
             reasons = self.blockers(name)
             d.free, d.reasons = not reasons, reasons or d.reasons
 
+    def _unseen_deletion(self, rec: Record) -> None:
+        """An object that vanished in a watch gap: its deletion is judged on the last state
+        known, at the gap's end (a consumer's reports only move forward, so blocked then
+        nearly always means blocked throughout)."""
+        name = str(meta(rec.body).get("name", ""))
+        body = self.objects[CHECKPOINTS].get(name)
+        d = self._deletions.get(name)
+        if body is not None and (d is None or d.uid != meta(body).get("uid")):
+            self._deletions[name] = _Deletion(str(meta(body).get("uid")), rec.revision, gap=True)
+            self.unjudged.append(f"deletion of {name} fell into a watch gap")
+
     def _judge(self, name: str, d: _Deletion, how: str) -> None:
         if d.judged:
             return
         d.judged = True
         if not d.free:
             why = "; ".join(d.reasons)
-            self.violate(
-                SAFE_DELETION,
-                f"{how}, blocked at every revision since {d.since}: {why}",
-                name,
-            )
+            since = "at the end of a watch gap" if d.gap else f"at every revision since {d.since}"
+            self.violate(SAFE_DELETION, f"{how}, blocked {since}: {why}", name)
 
     def _store(self, rec: Record) -> None:
         run, entry = str(rec.body["run"]), str(rec.body["entry"])
@@ -264,7 +278,7 @@ class InvariantChecker:
         if d is not None and d.uid == uid and had and not has:
             self._judge(name, d, "finalizer let go")
 
-    def _pod(self, body: Body, before: Body | None, after: Body | None) -> None:
+    def _pod(self, body: Body, before: Body | None, after: Body | None, relisted: bool) -> None:
         name = str(meta(body)["name"])
         ident = attempt_of(body)
         if ident is None:
@@ -280,13 +294,13 @@ class InvariantChecker:
         else:
             workers.pop(name, None)
         if after is not None and before is None:
-            self._created(run, attempt, rank, after)
+            self._created(run, attempt, rank, after, relisted)
         alive = tuple(sorted(set(workers.values())))
         if len(alive) > 1 and (run, alive) not in self._overlaps:
             self._overlaps.add((run, alive))
             self.violate(CRASH_CONVERGENCE, f"workers of attempts {alive} alive at once", run)
 
-    def _created(self, run: str, attempt: int, rank: int, pod: Body) -> None:
+    def _created(self, run: str, attempt: int, rank: int, pod: Body, relisted: bool) -> None:
         uid, slot = str(meta(pod).get("uid")), (run, attempt, rank)
         prior = self._pod_uids.get(slot)
         if prior == uid:
@@ -301,6 +315,10 @@ class InvariantChecker:
         if attempt > top + 1 or attempt < top:
             self.violate(CRASH_CONVERGENCE, f"attempt {attempt} created after {top}", pod_name)
         self._top[run] = max(top, attempt)
+        if relisted:  # created in a watch gap: when exactly, and on what view, is unknown
+            self.unjudged.append(f"resume point of {pod_name}, created in a watch gap")
+            self._resumes.setdefault((run, attempt), (resume_of(pod, run) or (None,))[0])
+            return
         self._judge_resume(run, attempt, pod, pod_name)
 
     def _judge_resume(self, run: str, attempt: int, pod: Body, pod_name: str) -> None:

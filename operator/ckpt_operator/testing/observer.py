@@ -19,7 +19,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -47,6 +46,7 @@ from ckpt_operator.testing.history import (
 )
 from ckpt_operator.testing.invariants import InvariantChecker
 from ckpt_operator.testing.lifecycle import Started
+from ckpt_operator.testing.waiting import wait_for
 
 KINDS = (RUNS, CHECKPOINTS, PODS)
 JSON = {"Accept": "application/json"}
@@ -83,6 +83,18 @@ def tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
+def torn(run: str, root: Path, revision: int) -> list[Violation]:
+    """Atomic commit in one local store: a committed entry that does not verify in full."""
+    store = Store.from_uri(f"file://{root}")
+    found = []
+    for entry in sorted(committed_entries(root)):
+        result = verify(store, entry, "full")
+        if not result.ok:
+            message = f"committed {entry} does not verify: {result.reason}"
+            found.append(Violation(ATOMIC_COMMIT, revision, message, (run,)))
+    return found
+
+
 class Observer(Started):
     """Watches namespace ``namespace`` and the stores given to :meth:`watch_store`."""
 
@@ -103,6 +115,8 @@ class Observer(Started):
         self.canaries: dict[Path, str] = {}
         self.checker = InvariantChecker(lag_s)
         self.relists: list[str] = []
+        self.unjudged: list[str] = []
+        """What the last :meth:`verdict` could judge only in part (watch gaps)."""
         self.late = 0
         self._pending: list[Record] = []
         self._lock = threading.Lock()
@@ -166,8 +180,19 @@ class Observer(Started):
         self.checker.now = max(self.checker.now, now)
         return list(self.checker.violations)
 
-    def settle(self) -> None:
-        """Wait ``settle_s`` and judge everything recorded until then (after the faults)."""
+    def in_sync(self) -> bool:
+        """Every watch is connected and has been for ``settle_s``: the mirror is current."""
+        with self._lock:
+            return not self._down and time.time() - self._up_since >= self.settle_s
+
+    def wait_in_sync(self, timeout: float = 60.0) -> None:
+        """Block until :meth:`in_sync`: a test acting now is seen acting (after a fault that
+        dropped the watches, a restarted API server may hold them back for seconds)."""
+        wait_for(self.in_sync, timeout, "the observer's watches to catch up", every=0.1)
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait until in sync, then judge everything recorded until then (after the faults)."""
+        self.wait_in_sync(timeout)
         time.sleep(self.settle_s)
         self.check(flush=True)
 
@@ -178,6 +203,7 @@ class Observer(Started):
         final = InvariantChecker(self.lag_s)
         for record in history:
             final.feed(record)
+        self.unjudged = final.unjudged
         return final.violations
 
     def snapshot(self, kind: str) -> dict[str, Body]:
@@ -187,15 +213,8 @@ class Observer(Started):
 
     def verify_stores(self) -> list[Violation]:
         """Atomic commit: every committed entry left in a store verifies in full."""
-        found = []
-        for run, root in sorted(self.stores.items()):
-            store = Store.from_uri(f"file://{root}")
-            for entry in sorted(committed_entries(root)):
-                result = verify(store, entry, "full")
-                if not result.ok:
-                    message = f"committed {entry} does not verify: {result.reason}"
-                    found.append(Violation(ATOMIC_COMMIT, self.revision(), message, (run,)))
-        return found
+        revision = self.revision()
+        return [v for run, root in sorted(self.stores.items()) for v in torn(run, root, revision)]
 
     # --- the API ------------------------------------------------------------------------------
 
@@ -227,9 +246,16 @@ class Observer(Started):
                 self._stop.wait(0.2)
         return None
 
-    def _record(self, kind: str, type_: str, body: Body, revision: int | None = None) -> None:
+    def _record(
+        self,
+        kind: str,
+        type_: str,
+        body: Body,
+        revision: int | None = None,
+        relisted: bool = False,
+    ) -> None:
         rev = int(body["metadata"]["resourceVersion"]) if revision is None else revision
-        record = Record(rev, kind, type_, body, time.time(), next(self._seq))
+        record = Record(rev, kind, type_, body, time.time(), next(self._seq), relisted)
         with self._lock:
             self.records.append(record)
             self._pending.append(record)
@@ -252,41 +278,42 @@ class Observer(Started):
             old = known.get(name)
             version_now = item["metadata"]["resourceVersion"]
             if old is None or old["metadata"]["resourceVersion"] != version_now:
-                self._record(kind, "ADDED" if old is None else "MODIFIED", item)
+                self._record(kind, "ADDED" if old is None else "MODIFIED", item, None, not first)
         for name in known.keys() - items.keys():
-            self._record(kind, "DELETED", known[name], int(version))
+            self._record(kind, "DELETED", known[name], int(version), True)
         return version
 
     def _watch(self, kind: str, version: str) -> None:
+        """Resume from the last revision seen; the stream counts as down from an error until
+        the API server answers again (a restarted one may hold a watch back for a while)."""
         while not self._stop.is_set():
             query = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true"}
             url = self._url(kind, timeoutSeconds="5", **query)
             try:
-                response = self._api.call_api("GET", url, JSON, None, None, (5, 20))
-                if response.status == 410:
-                    version = self._relist(kind)
-                    continue
-                if response.status != 200:
-                    raise RuntimeError(f"watch {kind}: HTTP {response.status}")
-                self._connected(kind, True)
-                for event in self._events(response.response):
-                    if event["type"] == "ERROR":
-                        version = self._relist(kind)
-                        break
-                    version = str(event["object"]["metadata"]["resourceVersion"])
-                    if event["type"] != "BOOKMARK":
-                        self._record(kind, event["type"], event["object"])
+                response = self._api.call_api("GET", url, JSON, None, None, (5, 10))
+                try:
+                    version = self._stream(kind, version, response)
+                finally:
+                    response.response.release_conn()
             except Exception:  # a dropped connection, an API server restarting
                 self._connected(kind, False)
                 self._stop.wait(0.2)
 
-    @staticmethod
-    def _events(response: Any) -> Iterator[dict[str, Any]]:
-        try:
-            for line in iter_resp_lines(response):
-                yield json.loads(line)
-        finally:
-            response.release_conn()
+    def _stream(self, kind: str, version: str, response: Any) -> str:
+        """Record one watch response's events; the revision to resume from."""
+        if response.status == 410:
+            return self._relist(kind)
+        if response.status != 200:
+            raise RuntimeError(f"watch {kind}: HTTP {response.status}")
+        self._connected(kind, True)
+        for line in iter_resp_lines(response.response):
+            event = json.loads(line)
+            if event["type"] == "ERROR":
+                return self._relist(kind)
+            version = str(event["object"]["metadata"]["resourceVersion"])
+            if event["type"] != "BOOKMARK":
+                self._record(kind, event["type"], event["object"])
+        return version
 
     def _connected(self, kind: str, up: bool) -> None:
         with self._lock:
