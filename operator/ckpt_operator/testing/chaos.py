@@ -327,7 +327,7 @@ class Chaos:
         while True:
             self.observer.check(flush=True)
             owed = convergence.problems(self.observer.checker, self.failures)
-            if not owed:
+            if not owed and self.observer.in_sync():
                 return time.monotonic() - started
             if time.monotonic() > deadline:
                 self.result.violations += [self._stuck(p) for p in owed]
@@ -343,7 +343,7 @@ class Chaos:
 
         def empty() -> bool:
             self.observer.check(flush=True)
-            return not convergence.leftovers(self.observer.checker)
+            return self.observer.in_sync() and not convergence.leftovers(self.observer.checker)
 
         try:
             wait_for(empty, self.config.converge_timeout_s, "every run to be deleted", every=0.5)
