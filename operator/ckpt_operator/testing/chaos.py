@@ -42,6 +42,7 @@ from ckpt_operator.testing.history import (
     CHECKPOINTS,
     CRASH_CONVERGENCE,
     PODS,
+    SAFE_DELETION,
     Body,
     Violation,
     attempt_of,
@@ -56,6 +57,11 @@ from ckpt_operator.testing.observer import Observer
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.waiting import wait_for
 
+STUCK = "stuck: "
+DUPLICATES = ("created twice", "alive at once", "created after")
+"""Messages of the checker meaning an attempt's work was done twice (or out of order)."""
+FINALIZERS = ("remains (finalizers", "still Terminating")
+"""Messages of :mod:`~ckpt_operator.testing.convergence` meaning a finalizer never let go."""
 ACTIONS = {"start": 3, "fail": 3, "save": 4, "report": 2, "delete": 1, "hold": 1, "release": 1}
 
 
@@ -82,12 +88,26 @@ class ChaosResult:
     wall_s: float = 0.0
     records: int = 0
 
+    def tally(self) -> dict[str, int]:
+        """The headline counts the issue asks for, sorted out of the violations."""
+        stuck = [v for v in self.violations if v.message.startswith(STUCK)]
+        return {
+            "unsafe_deletions": sum(v.invariant == SAFE_DELETION for v in self.violations),
+            "duplicate_attempts": sum(
+                v.invariant == CRASH_CONVERGENCE and any(d in v.message for d in DUPLICATES)
+                for v in self.violations
+            ),
+            "stuck_finalizers": sum(any(f in v.message for f in FINALIZERS) for v in stuck),
+            "unconverged": sum(not any(f in v.message for f in FINALIZERS) for v in stuck),
+        }
+
     def summary(self) -> dict[str, Any]:
         """The figures a benchmark prints (JSON-able)."""
         return {
             "seed": self.seed,
             "kills": self.kills,
             "violations": len(self.violations),
+            **self.tally(),
             "convergence_s": None if self.convergence_s is None else round(self.convergence_s, 2),
             "wall_s": round(self.wall_s, 1),
             "records": self.records,
@@ -352,4 +372,4 @@ class Chaos:
             self.result.violations += [self._stuck(p) for p in left]
 
     def _stuck(self, problem: str) -> Violation:
-        return Violation(CRASH_CONVERGENCE, self.observer.checker.revision, f"stuck: {problem}")
+        return Violation(CRASH_CONVERGENCE, self.observer.checker.revision, f"{STUCK}{problem}")
