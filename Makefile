@@ -4,7 +4,7 @@ VENV ?= .venv
 EXTRAS ?= torch,test
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit integration e2e image crds binaries clean
+.PHONY: demo test lint unit integration e2e e2e-images image crds binaries clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/ckpt-operator demo
 
-## test: lint, then every test tier (the e2e tier skips without a Docker engine)
+## test: lint, then every test tier (the e2e tier skips, saying why, where no real node can run)
 test: lint binaries
 	$(BIN)/python -m pytest
 
@@ -36,14 +36,19 @@ unit: $(VENV)/.installed
 integration: binaries
 	$(BIN)/python -m pytest -m integration
 
-## e2e: kind + Helm (needs a Docker engine; skips with a reason otherwise)
+## e2e: Helm + the operator image + trainer pods on a real node (kubelet, containerd); root
 e2e: $(VENV)/.installed
 	$(BIN)/python -m pytest -m e2e tests/e2e
+
+## e2e-images: build the e2e tier's images offline (debootstrap base, operator, trainer; cached)
+e2e-images: $(VENV)/.installed
+	$(BIN)/python -m ckpt_operator.testing.images
 
 image:
 	docker build -t ckpt-operator:dev .
 
-## crds: regenerate crds/ and the chart's copy from the pydantic models
+## crds: regenerate what the pydantic models generate (crds/, chart CRD templates, values
+## schema, docs/crd-reference.md)
 crds: $(VENV)/.installed
 	$(BIN)/ckpt-operator crds
 

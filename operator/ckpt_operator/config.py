@@ -3,6 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """The admission webhook that gives pods of attached runs their resume point (docs/attach.md).
+
+    With ``certfile``/``keyfile`` (the chart's Secret) Kopf's server serves that certificate and
+    reloads it when the files change; without, it makes a self-signed one (local use). With
+    ``configuration`` the operator itself creates and updates that MutatingWebhookConfiguration
+    pointing at this server (local use; the chart ships its own).
+    """
+
+    port: int
+    addr: str = "0.0.0.0"  # noqa: S104 - a pod serves the API server on its pod IP
+    host: str | None = None
+    """How the API server reaches the server, for a configuration the operator manages."""
+    certfile: str | None = None
+    keyfile: str | None = None
+    configuration: str | None = None
+    failure_policy: Literal["Ignore", "Fail"] = "Ignore"
+    timeout_s: int = 5
 
 
 @dataclass(frozen=True)
@@ -22,3 +44,5 @@ class OperatorConfig:
     """Uncommitted leftovers younger than this are someone's save in progress: left alone."""
     sweep_dry_run: bool = False
     """Only report (log and metrics) what the orphan sweep would remove."""
+    webhook: WebhookConfig | None = None
+    """Serve the admission webhook for attached runs; None: off."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 RESOURCES_SEEN = Counter(
     "ckpt_operator_resources_initialized_total",
@@ -58,4 +58,24 @@ CONSUMERS_SILENT = Gauge(
 UNSAFE_STORE_ENTRIES = Counter(
     "ckpt_operator_unsafe_store_entries_total",
     "Store entries skipped because they resolve outside their store (e.g. a planted symlink).",
+)
+
+# --- admission webhook (attached runs) --------------------------------------------------------
+
+WEBHOOK_INJECTIONS = Counter(
+    "ckpt_operator_webhook_injections_total",
+    "Pods of attached runs given the CKPT_* environment, by whether they opened a new attempt "
+    "or joined an open one.",
+    ["attempt"],
+)
+WEBHOOK_ERRORS = Counter(
+    "ckpt_operator_webhook_errors_total",
+    "Pods the webhook refused (a reason the user must fix) or could not serve (unavailable: the "
+    "API server's failurePolicy decides), by reason.",
+    ["reason"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "ckpt_operator_webhook_duration_seconds",
+    "Time to answer one admission request.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )

@@ -24,6 +24,7 @@ from ckpt_operator.storage.manifest import verify
 from ckpt_operator.storage.store import Store
 from ckpt_operator.testing.checkpoints import write_checkpoint
 from ckpt_operator.testing.cluster import Cluster, run_body
+from ckpt_operator.testing.measure import request_counts
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.waiting import wait_for
 
@@ -415,3 +416,28 @@ def test_a_store_entry_escaping_the_store_is_skipped_named_and_the_rest_register
     assert names.checkpoint_object_name("evil", 5, 0) not in c.checkpoint_names()
     assert target.is_dir() and (target / "model.bin").exists(), "nothing outside is touched"
     assert "checkpoint-maintenance' failed" not in env.operator.log_text()
+
+
+def test_restarting_the_operator_costs_no_write_per_verified_checkpoint(env: Env, k8s: Any) -> None:
+    """Checkpoints registered while the operator is down are verified when it starts; the
+    ones it verified before cost nothing at a restart (no resume handlers: a large cluster
+    would otherwise pay one patch per checkpoint at every operator start)."""
+    c = env.cluster
+    run = env.run("restart")
+    before_down = env.ready(run, 1, 2, 3, 4, 5, 6)
+    env.operator.stop()
+    store = env.store("restart")
+    write_checkpoint(store, "restart", 7)
+    late = c.register(run, 7)
+    counts = request_counts(k8s)
+    env.operator.start()
+    c.wait_checkpoint(late, "Ready")
+    time.sleep(3)
+    writes = {
+        key: n
+        for key, n in (request_counts(k8s) - counts).items()
+        if key[0].startswith("checkpoints") and key[1] in ("PATCH", "PUT", "POST")
+    }
+    # The late one alone (finalizer, Kopf's bookkeeping, status): nothing for the other six.
+    assert sum(writes.values()) <= 6, writes
+    assert all(c.checkpoint_phase(n) == "Ready" for n in before_down)

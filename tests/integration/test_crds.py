@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from ckpt_operator.testing.binaries import ensure_binaries
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +60,7 @@ _DELETE = object()
 
 INVALID_RUNS = [
     ("spec.template", _DELETE, "spec.template"),
+    ("spec.workload", {}, "spec.workload"),
     ("spec.template.spec.containers", [], "spec.template.spec.containers"),
     ("spec.store", _DELETE, "spec.store"),
     ("spec.store.uri", "http://example.com/x", "spec.store.uri"),
@@ -154,3 +158,32 @@ def test_checkpoint_identity_is_immutable(k8s: Any, namespace: str, field: str, 
         )
     assert caught.value.status == 422, caught.value.body
     assert f"spec.{field}" in caught.value.body and "immutable" in caught.value.body
+
+
+def test_kubectl_short_name_and_category(
+    k8s: Any, kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    """``ckpt`` names only Checkpoints (a category ``ckpt`` would win over the short name and
+    ``kubectl delete ckpt --all`` would delete the runs too); ``ckpt-operator`` names both."""
+    _create(k8s, namespace, _example_run())
+    _create(k8s, namespace, _checkpoint(name="c1"))
+    kubectl = ensure_binaries(["kubectl"])["kubectl"]
+
+    config = ["--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "cache")]
+
+    def names(*args: str) -> set[str]:
+        proc = subprocess.run(
+            [str(kubectl), *args, "-n", namespace, "-o", "name", *config],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return set(proc.stdout.split())
+
+    run = "trainingrun.ckpt.dev/" + _example_run()["metadata"]["name"]
+    assert names("get", "ckpt") == {"checkpoint.ckpt.dev/c1"}
+    assert names("get", "tr") == {run}
+    assert names("get", "ckpt-operator") == {run, "checkpoint.ckpt.dev/c1"}
+    assert names("delete", "ckpt", "--all") == {"checkpoint.ckpt.dev/c1"}
+    assert names("get", "ckpt-operator") == {run}

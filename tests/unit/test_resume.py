@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 from ckpt_operator.policy.resume import (
     MAX_CANDIDATES,
     made_progress,
+    newest_first,
     resume_candidates,
     resume_plan,
     resume_target,
+    unusable_reason,
     usable,
 )
 from ckpt_operator.views.checkpoint import CheckpointInfo
@@ -114,3 +116,23 @@ def test_candidates_are_the_usable_ones_newest_first(
     capped = resume_plan(history, limit=limit).candidates
     assert list(capped) == every[:limit]
     assert resume_plan(history, limit=limit).target == resume_target(history)
+
+
+def test_why_a_checkpoint_is_no_resume_candidate() -> None:
+    assert unusable_reason(ckpt(1)) is None
+    assert unusable_reason(ckpt(1, phase="Pending")) == "Pending: not verified yet"
+    assert unusable_reason(ckpt(1, phase="Invalid")) == "Invalid: failed verification"
+    assert unusable_reason(ckpt(1, terminating=True)) == "Terminating: being deleted"
+    assert unusable_reason(ckpt(1, kind="weights")).startswith("weights-only export")
+
+
+@settings(max_examples=300)
+@given(checkpoints)
+def test_a_reason_is_given_exactly_for_the_unusable(c: CheckpointInfo) -> None:
+    usable_by_definition = c.phase == "Ready" and not c.terminating and c.kind == "full"
+    assert (unusable_reason(c) is None) == usable_by_definition == usable(c)
+
+
+@given(histories)
+def test_candidates_keep_the_order_of_newest_first(history: list[CheckpointInfo]) -> None:
+    assert resume_candidates(history) == [c for c in newest_first(history) if usable(c)]

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckpt_operator.policy.deletion import newest_protected
-from ckpt_operator.policy.retention import expired
+from ckpt_operator.policy.retention import decide, expired
 from ckpt_operator.views.checkpoint import CheckpointInfo
 from tests.unit.factories import checkpoint
 
@@ -140,4 +140,65 @@ def test_rules_apply_per_kind_weights_exports_do_not_crowd_out_full_checkpoints(
         ("weights", 10),
         ("weights", 20),
         ("weights", 30),
+    ]
+
+
+def test_every_checkpoint_gets_a_decision_and_a_reason() -> None:
+    cks = [
+        ckpt(10),
+        ckpt(20, metrics={"loss": 0.1}),
+        ckpt(30),
+        ckpt(40, phase="Invalid"),
+        ckpt(50, terminating=True),
+        ckpt(60),
+        ckpt(70),
+        ckpt(80),
+    ]
+    policy = {"keepLast": 1, "keepEvery": 30, "keepBest": {"metric": "loss", "count": 1}}
+    reasons = {
+        d.checkpoint.step: (d.expires, d.reason)
+        for d in decide(cks, policy, protected={"r-step-70-a0"})
+    }
+    assert reasons == {
+        10: (True, "not kept by keepLast=1, keepEvery=30, keepBest=loss:min:1"),
+        20: (False, "kept by keepBest=loss:min:1"),
+        30: (False, "kept by keepEvery=30"),
+        40: (False, "Invalid: retention expires only Ready checkpoints"),
+        50: (False, "being deleted already"),
+        60: (False, "kept by keepEvery=30"),
+        70: (False, "resume target of a pending or running attempt"),
+        80: (False, "newest Ready checkpoint"),
+    }
+    assert [d.checkpoint.step for d in decide(cks, policy)] == [10, 20, 30, 40, 50, 60, 70, 80]
+
+
+def test_decisions_without_keep_rules() -> None:
+    cks = [ckpt(s, size_bytes=100) for s in (1, 2, 3)]
+    assert {d.reason for d in decide(cks, None)} == {
+        "no retention policy",
+        "newest Ready checkpoint",
+    }
+    by_bytes = [(d.expires, d.reason) for d in decide(cks, {"maxBytes": 200})]
+    assert by_bytes == [
+        (True, "over maxBytes=200"),
+        (False, "within maxBytes=200"),
+        (False, "newest Ready checkpoint"),
+    ]
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.integers(0, 40), unique=True, max_size=12),
+    st.integers(1, 4),
+    st.integers(0, 1000),
+)
+def test_expired_is_the_decisions_that_expire(
+    steps_: list[int], keep_last: int, max_bytes: int
+) -> None:
+    cks = [ckpt(s, size_bytes=100) for s in steps_]
+    policy = {"keepLast": keep_last, "maxBytes": max_bytes}
+    decisions = decide(cks, policy)
+    assert len(decisions) == len(cks)
+    assert [(e.checkpoint, e.reason) for e in expired(cks, policy)] == [
+        (d.checkpoint, d.reason) for d in decisions if d.expires
     ]

@@ -60,28 +60,33 @@ app.kubernetes.io/part-of: ckpt-operator
 {{- end }}
 
 {{/*
-Validate the values once; every template that matters includes this.
+Validate the values once; every template that matters includes this. values.schema.json (generated
+from ckpt_operator/api/chart_values.py) has checked keys and types already; these are the checks
+that deserve a message saying what to do.
 */}}
 {{- define "ckpt-operator.validate" -}}
 {{- if not .Values.allowedRoots }}
 {{- fail "\n\nallowedRoots is required: list the store URI prefixes TrainingRuns may use, e.g.\n  --set 'allowedRoots={file:///data/checkpoints/,s3://my-bucket/checkpoints/}'\nWithout one the operator accepts no run (it fails closed)." }}
 {{- end }}
 {{- range .Values.allowedRoots }}
-{{- if not (kindIs "string" .) }}
-{{- fail (printf "allowedRoots: every entry must be a URI string, got %v" .) }}
-{{- end }}
 {{- if not (regexMatch "^[a-z][a-z0-9+.-]*://." .) }}
 {{- fail (printf "allowedRoots: %q is not a URI prefix such as file:///data/checkpoints/ or s3://bucket/prefix/" .) }}
 {{- end }}
 {{- end }}
 {{- range .Values.watchNamespaces }}
-{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" (toString .)) }}
-{{- fail (printf "watchNamespaces: %q is not a namespace name (exact names only, no globs: a Role is created in each)" (toString .)) }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" .) }}
+{{- fail (printf "watchNamespaces: %q is not a namespace name (exact names only, no globs: a Role is created in each)" .) }}
 {{- end }}
 {{- end }}
-{{- if lt (int .Values.replicas) 1 }}
-{{- fail "replicas must be at least 1" }}
+{{- if .Values.webhook.enabled }}
+{{- if gt (int .Values.replicas) 1 }}
+{{- fail "webhook.enabled needs replicas: 1 (a hot-standby replica has no indexes and could not answer admission requests the Service sends it)" }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "ckpt-operator.webhookName" -}}
+{{- printf "%s-webhook" (include "ckpt-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{/*

@@ -184,7 +184,7 @@ def crd(definition: CrdDefinition) -> dict[str, Any]:
                 "plural": definition.plural,
                 "singular": definition.kind.lower(),
                 "shortNames": definition.short_names,
-                "categories": ["ckpt"],
+                "categories": [names.CATEGORY],
             },
             "versions": [
                 {
@@ -200,27 +200,49 @@ def crd(definition: CrdDefinition) -> dict[str, Any]:
     }
 
 
+HEADER = "Generated from ckpt_operator.api.models by `ckpt-operator crds`; do not edit."
+CHART = Path("charts") / "ckpt-operator"
+
+
 def render(definition: CrdDefinition) -> str:
-    header = "# Generated from ckpt_operator.api.models by `ckpt-operator crds`; do not edit.\n"
-    return header + yaml.safe_dump(crd(definition), sort_keys=False, width=100)
+    """Plain YAML for ``kubectl apply`` (``crds/``)."""
+    return f"# {HEADER}\n" + yaml.safe_dump(crd(definition), sort_keys=False, width=100)
+
+
+def chart_template(doc: dict[str, Any]) -> str:
+    """The chart's template of one CRD: rendered only with ``crds.install``, and annotated
+    ``helm.sh/resource-policy: keep`` with ``crds.keep``.
+
+    CRDs in a chart's ``crds/`` folder are installed once and never upgraded, so the chart ships
+    them as templates (cert-manager's approach); Helm then upgrades them with the release.
+    """
+    spec = yaml.safe_dump({"spec": doc["spec"]}, sort_keys=False, width=100)
+    if "{{" in spec:
+        raise ValueError(f"{doc['metadata']['name']}: '{{{{' in the schema would be templated")
+    return (
+        f"{{{{- /* {HEADER} */}}}}\n"
+        "{{- if .Values.crds.install }}\n"
+        f"apiVersion: {doc['apiVersion']}\n"
+        f"kind: {doc['kind']}\n"
+        "metadata:\n"
+        f"  name: {doc['metadata']['name']}\n"
+        "  labels:\n"
+        '    {{- include "ckpt-operator.labels" . | nindent 4 }}\n'
+        "  {{- if .Values.crds.keep }}\n"
+        "  annotations:\n"
+        "    # Deleting a CRD deletes every object of its kind: uninstalling must not do that.\n"
+        "    helm.sh/resource-policy: keep\n"
+        "  {{- end }}\n"
+        f"{spec}"
+        "{{- end }}\n"
+    )
 
 
 def targets(repo: Path) -> dict[Path, str]:
-    """Every committed copy of the CRDs: ``crds/`` and the Helm chart's ``crds/``."""
+    """The CRDs as plain YAML in ``crds/`` and as the chart's ``templates/crds/``."""
     out: dict[Path, str] = {}
     for definition in DEFINITIONS:
-        text = render(definition)
-        for directory in (repo / "crds", repo / "charts" / "ckpt-operator" / "crds"):
-            out[directory / f"{definition.name}.yaml"] = text
+        out[repo / "crds" / f"{definition.name}.yaml"] = render(definition)
+        template = repo / CHART / "templates" / "crds" / f"{definition.name}.yaml"
+        out[template] = chart_template(crd(definition))
     return out
-
-
-def write(repo: Path) -> list[Path]:
-    """Regenerate every copy; returns the files that changed."""
-    changed = []
-    for path, text in targets(repo).items():
-        if not path.exists() or path.read_text() != text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            changed.append(path)
-    return changed

@@ -51,14 +51,20 @@ class Condition(Model):
 
     type: str = Field(min_length=1)
     status: Literal["True", "False", "Unknown"]
-    reason: str = Field(min_length=1, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = ""
+    reason: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="CamelCase, for machines.",
+    )
+    message: str = Field(default="", description="For people.")
     observed_generation: int | None = Field(default=None, ge=0)
-    last_transition_time: datetime | None = None
+    last_transition_time: datetime | None = Field(
+        default=None, description="When status last changed."
+    )
 
 
 class SecretRef(Model):
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, description="A Secret in the run's namespace.")
 
 
 class LabelSelectorRequirement(Model):
@@ -94,6 +100,8 @@ class PodTemplate(OpenObject):
 
 
 class Store(Model):
+    """Where the run's checkpoints live; it must lie under one of the operator's allowed roots."""
+
     uri: str = Field(
         max_length=1024,
         pattern=r"^(file:///|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/|$))",
@@ -113,6 +121,8 @@ class Store(Model):
 
 
 class Backoff(Model):
+    """Delay before a restart: min(maxSeconds, initialSeconds * 2^restarts); 0 restarts at once."""
+
     model_config = ConfigDict(
         json_schema_extra=_cel(
             ("self.maxSeconds >= self.initialSeconds", "maxSeconds must be >= initialSeconds")
@@ -124,7 +134,9 @@ class Backoff(Model):
 
 
 class ExitCodeMatch(Model):
-    operator: Literal["In", "NotIn"]
+    operator: Literal["In", "NotIn"] = Field(
+        description="In: a non-zero exit code is one of values; NotIn: one is none of them."
+    )
     values: list[int] = Field(min_length=1, max_length=255)
 
 
@@ -154,6 +166,8 @@ class FailureRule(Model):
 
 
 class RestartPolicy(Model):
+    """What happens when an attempt fails."""
+
     max_restarts: int = Field(default=3, ge=0, description="Restarts that count against budget.")
     max_preemptions: int | None = Field(
         default=100,
@@ -162,7 +176,10 @@ class RestartPolicy(Model):
         "past it the run fails (PreemptionBudgetExhausted). Unset: unlimited.",
     )
     backoff: Backoff = Field(default_factory=Backoff)
-    rules: list[FailureRule] = Field(default_factory=list)
+    rules: list[FailureRule] = Field(
+        default_factory=list,
+        description="The first rule matching a failed attempt decides; no match: Retry.",
+    )
     max_attempts_without_progress: int | None = Field(
         default=None,
         ge=1,
@@ -172,28 +189,93 @@ class RestartPolicy(Model):
 
 
 class KeepBest(Model):
-    metric: str = Field(min_length=1)
-    mode: Literal["min", "max"] = "min"
+    """Keep the ``count`` best checkpoints by a metric recorded at save time."""
+
+    metric: str = Field(min_length=1, description="A key of the Checkpoints' spec.metrics.")
+    mode: Literal["min", "max"] = Field(default="min", description="min: lower is better.")
     count: int = Field(default=1, ge=1)
 
 
 class Retention(Model):
-    keep_last: int | None = Field(default=None, ge=1)
+    """Which Ready checkpoints to keep. With any keep rule set, the others expire; maxBytes then
+    caps the total, oldest first. The newest Ready checkpoint and resume targets never expire,
+    and an expired checkpoint's storage still waits for its consumers."""
+
+    keep_last: int | None = Field(default=None, ge=1, description="Keep the newest N.")
     keep_every: int | None = Field(default=None, ge=1, description="Keep steps divisible by this.")
     keep_best: KeepBest | None = None
-    max_bytes: int | None = Field(default=None, ge=0)
+    max_bytes: int | None = Field(
+        default=None, ge=0, description="Cap on the total size of the checkpoints kept."
+    )
 
 
 class Consumers(Model):
+    """Pods that load this run's checkpoints: storage stays until they have moved past it."""
+
     selector: LabelSelector | None = Field(
         default=None,
         description="Consumer pods; default: label ckpt.dev/consumer-of=<run name>.",
     )
-    report_timeout_seconds: int = Field(default=600, ge=1)
+    report_timeout_seconds: int = Field(
+        default=600,
+        ge=1,
+        description="A consumer that has not reported for this long stops blocking (and is "
+        "flagged).",
+    )
+
+
+class Workload(Model):
+    """Pods another controller creates (a Job, a JobSet, a TrainJob): the run attaches to them.
+
+    A pod opts in with the label ``ckpt.dev/run: <run>`` in its template; the admission
+    webhook then gives it the ``CKPT_*`` environment at creation (docs/attach.md).
+    """
+
+    selector: LabelSelector | None = Field(
+        default=None,
+        description="Narrows which pods labelled ckpt.dev/run=<run> are the run's workers; "
+        "default: all of them. Opted-in pods that do not match are refused.",
+    )
+    attempt_label: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=317,
+        description="Pod label numbering the workload controller's restarts: pods with the "
+        "same value form one attempt (default: jobset.sigs.k8s.io/restart-attempt when the pod "
+        "has it). Without one, a pod replacing an earlier pod of the same Job index starts a "
+        "new attempt.",
+    )
 
 
 class TrainingRunSpec(Model):
-    template: PodTemplate
+    """A training job whose attempts resume from the newest valid checkpoint of any attempt."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "has(self.template) != has(self.workload)",
+                "set exactly one of spec.template (the operator creates the pods) and "
+                "spec.workload (the run attaches to pods another controller creates)",
+            ),
+            (
+                "has(self.template) || self.numNodes == 1",
+                "spec.numNodes applies to runs with a template; a workload sizes itself",
+            ),
+            (
+                "has(self.workload) == has(oldSelf.workload)",
+                "a run cannot switch between spec.template and spec.workload",
+            ),
+        )
+    )
+
+    template: PodTemplate | None = Field(
+        default=None, description="The trainer pod the operator creates for every attempt."
+    )
+    workload: Workload | None = Field(
+        default=None,
+        description="Attach to pods another controller creates instead of creating them: "
+        "restarts stay that controller's, resume points, status and GC are the operator's.",
+    )
     store: Store
     num_nodes: int = Field(
         default=1,
@@ -217,14 +299,18 @@ class TrainingRunSpec(Model):
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     retention: Retention | None = None
     consumers: Consumers = Field(default_factory=Consumers)
-    verify: Literal["size", "full"] = "full"
+    verify: Literal["size", "full"] = Field(
+        default="full",
+        description="How new checkpoints are checked against their manifest: file sizes, or "
+        "sizes and checksums.",
+    )
 
 
 class CheckpointRef(Model):
-    name: str
+    name: str = Field(description="The Checkpoint object.")
     step: int = Field(ge=0)
-    attempt: int = Field(ge=0)
-    uri: str
+    attempt: int = Field(ge=0, description="The attempt that wrote it.")
+    uri: str = Field(description="Where it lies in the store.")
 
 
 class WorkerStatus(Model):
@@ -238,6 +324,8 @@ class WorkerStatus(Model):
 
 
 class AttemptStatus(Model):
+    """One attempt: its pod(s), how it ended and what the restart rules made of it."""
+
     attempt: int = Field(ge=0)
     pod: str = Field(description="The attempt's pod; of a gang, the worker that decided it.")
     start_time: datetime | None = None
@@ -246,29 +334,47 @@ class AttemptStatus(Model):
     exit_code: int | None = None
     reason: str | None = None
     message: str | None = None
-    action: Literal["Retry", "FailRun", "Ignore"] | None = None
-    resumed_from: CheckpointRef | None = None
+    action: Literal["Retry", "FailRun", "Ignore"] | None = Field(
+        default=None, description="What the restart rules decided when it failed."
+    )
+    resumed_from: CheckpointRef | None = Field(
+        default=None, description="The checkpoint it resumed from; unset: from scratch."
+    )
     workers: list[WorkerStatus] | None = Field(
         default=None, description="Every worker's outcome (numNodes > 1), once the attempt ended."
+    )
+    key: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Attached runs: what groups the workload's pods into this attempt.",
     )
 
 
 class TrainingRunStatus(Model):
+    """Written by the operator."""
+
     phase: Literal["Pending", "Running", "BackingOff", "Succeeded", "Failed"] | None = None
-    attempt: int | None = Field(default=None, ge=0)
-    attempts: list[AttemptStatus] = Field(default_factory=list)
-    latest_checkpoint: CheckpointRef | None = None
+    attempt: int | None = Field(default=None, ge=0, description="The latest attempt, from 0.")
+    attempts: list[AttemptStatus] = Field(default_factory=list, description="Oldest first.")
+    latest_checkpoint: CheckpointRef | None = Field(
+        default=None,
+        description="The newest Ready full checkpoint: where the next attempt would resume.",
+    )
     restarts: int = Field(
         default=0,
         ge=0,
         description="Restarts spent from maxRestarts; Ignore-rule restarts are not counted "
         "(see attempt).",
     )
-    attempts_without_progress: int = Field(default=0, ge=0)
+    attempts_without_progress: int = Field(
+        default=0, ge=0, description="Consecutive attempts without a new Ready checkpoint."
+    )
     preemptions: int = Field(
         default=0, ge=0, description="Restarts after failures an Ignore rule matched."
     )
-    next_attempt_after: datetime | None = None
+    next_attempt_after: datetime | None = Field(
+        default=None, description="While backing off: when the next attempt may start."
+    )
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = Field(default=None, ge=0)
 
@@ -277,14 +383,18 @@ class TrainingRunStatus(Model):
 
 
 class CheckpointSpec(Model):
+    """One committed checkpoint of a run, registered by the SDK or found by the store scan."""
+
     run: str = Field(
         min_length=1,
         max_length=63,
         description="Owning TrainingRun.",
         json_schema_extra=_immutable("run"),
     )
-    step: int = Field(ge=0, json_schema_extra=_immutable("step"))
-    attempt: int = Field(ge=0, json_schema_extra=_immutable("attempt"))
+    step: int = Field(ge=0, description="The training step.", json_schema_extra=_immutable("step"))
+    attempt: int = Field(
+        ge=0, description="The attempt that wrote it.", json_schema_extra=_immutable("attempt")
+    )
     path: str = Field(
         min_length=1,
         max_length=1024,
@@ -296,19 +406,35 @@ class CheckpointSpec(Model):
             ("!self.contains('://')", "path must be relative, not a URI"),
         ),
     )
-    format: Literal["dir", "tar"] = Field(default="dir", json_schema_extra=_immutable("format"))
-    kind: Literal["full", "weights"] = "full"
+    format: Literal["dir", "tar"] = Field(
+        default="dir",
+        description="A directory, or one uncompressed tar file.",
+        json_schema_extra=_immutable("format"),
+    )
+    kind: Literal["full", "weights"] = Field(
+        default="full",
+        description="full: training state to resume from; weights: an export for consumers, "
+        "never resumed from.",
+    )
     metrics: dict[str, float] | None = Field(
         default=None, description="Metrics recorded at save time (used by retention keepBest)."
     )
 
 
 class CheckpointStatus(Model):
-    phase: Literal["Pending", "Ready", "Invalid", "Deleting"] | None = None
-    message: str | None = None
-    size_bytes: int | None = Field(default=None, ge=0)
-    digest: str | None = None
-    verified_at: datetime | None = None
+    """Written by the operator: only it verifies."""
+
+    phase: Literal["Pending", "Ready", "Invalid", "Deleting"] | None = Field(
+        default=None,
+        description="Pending until verified, then Ready or Invalid; Deleting while its storage "
+        "waits to be deleted.",
+    )
+    message: str | None = Field(default=None, description="The outcome of the last verification.")
+    size_bytes: int | None = Field(default=None, ge=0, description="Bytes it occupies.")
+    digest: str | None = Field(default=None, description="The manifest's digest of its files.")
+    verified_at: datetime | None = Field(
+        default=None, description="When the operator last checked its files (either outcome)."
+    )
     blocked_by: list[str] | None = Field(
         default=None, description="What holds deletion back (consumers, resume targets, …)."
     )

@@ -14,6 +14,9 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 TRAINING_RUNS = "trainingruns"
 CHECKPOINTS = "checkpoints"
+CATEGORY = "ckpt-operator"
+"""``kubectl get ckpt-operator`` lists both kinds. Not ``ckpt``: kubectl expands a category before
+a short name, so ``kubectl delete ckpt --all`` would delete the TrainingRuns too."""
 FINALIZER = f"{GROUP}/storage-protection"
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -23,6 +26,9 @@ LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_NODE_RANK = f"{GROUP}/node-rank"
 LABEL_STEP = f"{GROUP}/step"
 LABEL_CONSUMER_OF = f"{GROUP}/consumer-of"
+LABEL_WEBHOOK = f"{GROUP}/webhook"
+"""On a namespace: ``enabled`` lets the admission webhook see its pods labelled ``ckpt.dev/run``."""
+WEBHOOK_ENABLED = "enabled"
 
 # --- annotations ------------------------------------------------------------------------------
 ANNOTATION_LOADED_STEP = f"{GROUP}/loaded-step"
@@ -32,6 +38,11 @@ ANNOTATION_HEARTBEAT = f"{GROUP}/heartbeat"
 record of *when* it changed is trusted, never its value."""
 ANNOTATION_FORCE_DELETE = f"{GROUP}/force-delete"
 """``"true"`` on a Checkpoint: delete its storage even while something would block it."""
+ANNOTATION_VERIFY_REQUESTED = f"verify.{GROUP}/requested-at"
+"""On a Checkpoint, set by ``kubectl ckpt verify`` to the time of the request: the operator
+verifies it again, records the outcome, then removes the annotation. Not under ``ckpt.dev/``:
+Kopf keeps its progress there and leaves those annotations out of change detection (Flux's
+``reconcile.fluxcd.io/requestedAt`` is the same pattern)."""
 ANNOTATION_RESUME_FROM = f"{GROUP}/resume-from"
 """On an attempt pod: the Checkpoint object it resumes from (empty: from scratch)."""
 ANNOTATION_RESUME_STEP = f"{GROUP}/resume-step"
@@ -41,6 +52,10 @@ ANNOTATION_STORE_SECRET = f"{GROUP}/store-secret"
 """On a Checkpoint: the Secret with the store's credentials, for the same reason."""
 KOPF_PREFIX = GROUP
 """Prefix of Kopf's own progress and diff-base annotations."""
+WEBHOOK_PATH = "inject"
+"""The admission handler's id, which Kopf's webhook server serves at ``/inject``."""
+WEBHOOK_NAME = f"inject.pods.{GROUP}"
+"""The webhook's name in the MutatingWebhookConfiguration (and in the API server's errors)."""
 
 # --- env of attempt pods (the contract with trainer code) ------------------------------------
 ENV_RUN = "CKPT_RUN"

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ckpt_operator.api import crdgen
+from ckpt_operator.api import generated
 
 app = typer.Typer(
     help="ckpt-operator: resume training from the newest valid checkpoint; delete storage safely.",
@@ -58,11 +58,58 @@ def run(
         bool,
         typer.Option(envvar="CKPT_SWEEP_DRY_RUN", help="Only report what the sweep would remove."),
     ] = False,
+    webhook_port: Annotated[
+        int,
+        typer.Option(
+            envvar="CKPT_WEBHOOK_PORT",
+            help="Serve the admission webhook of attached runs on this port; 0 disables.",
+        ),
+    ] = 0,
+    webhook_addr: Annotated[str, typer.Option(help="Address the webhook listens on.")] = "0.0.0.0",  # noqa: S104
+    webhook_cert: Annotated[
+        Path | None,
+        typer.Option(help="TLS certificate (PEM); without it and --webhook-key: self-signed."),
+    ] = None,
+    webhook_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    webhook_configuration: Annotated[
+        str | None,
+        typer.Option(
+            help="Create and update this MutatingWebhookConfiguration to point at this server "
+            "(local use; the Helm chart ships its own)."
+        ),
+    ] = None,
+    webhook_host: Annotated[
+        str | None, typer.Option(help="Host the API server reaches the webhook at.")
+    ] = None,
+    webhook_failure_policy: Annotated[
+        str, typer.Option(help="failurePolicy of --webhook-configuration: Ignore or Fail.")
+    ] = "Ignore",
+    webhook_timeout: Annotated[
+        int, typer.Option(help="timeoutSeconds of --webhook-configuration (1-30).")
+    ] = 5,
 ) -> None:
     """Run the operator against the cluster in KUBECONFIG or the in-cluster service account."""
-    from ckpt_operator.config import OperatorConfig
+    from ckpt_operator.config import OperatorConfig, WebhookConfig
     from ckpt_operator.handlers import startup
 
+    webhook = None
+    if webhook_port:
+        if (webhook_cert is None) != (webhook_key is None):
+            raise typer.BadParameter("give both --webhook-cert and --webhook-key, or neither")
+        if webhook_failure_policy not in ("Ignore", "Fail"):
+            raise typer.BadParameter("--webhook-failure-policy is Ignore or Fail")
+        if not 1 <= webhook_timeout <= 30:
+            raise typer.BadParameter("--webhook-timeout is 1 to 30 seconds")
+        webhook = WebhookConfig(
+            port=webhook_port,
+            addr=webhook_addr,
+            host=webhook_host,
+            certfile=str(webhook_cert) if webhook_cert else None,
+            keyfile=str(webhook_key) if webhook_key else None,
+            configuration=webhook_configuration,
+            failure_policy="Fail" if webhook_failure_policy == "Fail" else "Ignore",
+            timeout_s=webhook_timeout,
+        )
     config = OperatorConfig(
         allowed_roots=tuple(allowed_root or _split_env("CKPT_ALLOWED_ROOTS")),
         metrics_port=metrics_port or None,
@@ -70,29 +117,27 @@ def run(
         scan_interval_s=scan_interval,
         sweep_grace_s=sweep_grace,
         sweep_dry_run=sweep_dry_run,
+        webhook=webhook,
     )
     startup.run(config, liveness_endpoint=liveness or None, peering=peering)
 
 
 @app.command()
 def crds(
-    check: Annotated[bool, typer.Option(help="Fail if the committed YAML differs.")] = False,
+    check: Annotated[bool, typer.Option(help="Fail if a committed file differs.")] = False,
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
 ) -> None:
-    """Write crds/*.yaml and the chart's copy from the pydantic models."""
+    """Write what the models generate: crds/, the chart's CRD templates and values schema, and
+    docs/crd-reference.md."""
     if check:
-        stale = [
-            path
-            for path, text in crdgen.targets(repo).items()
-            if not path.exists() or path.read_text() != text
-        ]
+        stale = generated.stale(repo)
         if stale:
             console.print(f"[red]out of date:[/red] {', '.join(map(str, stale))}")
             console.print("run: ckpt-operator crds")
             raise typer.Exit(1)
-        console.print("CRDs up to date")
+        console.print("generated files up to date")
         return
-    for path in crdgen.write(repo):
+    for path in generated.write(repo):
         console.print(f"wrote {path}")
 
 

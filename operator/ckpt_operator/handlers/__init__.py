@@ -10,9 +10,13 @@ Importing this package registers every handler with Kopf:
 * ``storage_release`` — the finalizer deleting a checkpoint's storage when it is safe
 * ``maintenance``    — the per-run timer: consumer health, retention, store scan, sweep
 * ``run_deletion``   — the TrainingRun finalizer: its checkpoints first, then the store
+* ``attached``       — one daemon per attached run (``spec.workload``): its pods into status
+
+``admission`` (the webhook for attached runs) registers only when enabled (``--webhook-port``).
 """
 
 from ckpt_operator.handlers import (
+    attached,
     checkpoints,
     indexes,
     maintenance,
@@ -24,6 +28,7 @@ from ckpt_operator.handlers import (
 )
 
 __all__ = [
+    "attached",
     "checkpoints",
     "indexes",
     "maintenance",

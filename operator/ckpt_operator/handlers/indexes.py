@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import kopf
 
 from ckpt_operator.api import names
-from ckpt_operator.handlers.runtime import runtime
 from ckpt_operator.handlers.selectors import ATTEMPT_POD_LABELS, CHECKPOINTS, TRAINING_RUNS
 from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.pod import AttemptPod, ConsumerView
@@ -43,13 +42,6 @@ async def checkpoints_by_name(
 ) -> dict[tuple[str, str], CheckpointInfo]:
     """Every Checkpoint by its name: the live record a deletion decision checks."""
     return {(namespace or "", name): CheckpointInfo.from_body(body)}
-
-
-@kopf.on.event(*CHECKPOINTS)
-async def note_verified(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Keep the per-run newest-verified heaps (see :mod:`ckpt_operator.views.newest`)."""
-    if type != "DELETED":
-        runtime(memo).newest.note(CheckpointInfo.from_body(body))
 
 
 @kopf.index(*TRAINING_RUNS)

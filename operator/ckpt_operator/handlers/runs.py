@@ -2,7 +2,7 @@
 
 Why a daemon: it is the single writer of the run's attempt state, woken at once by anything
 relevant (its attempt pods, its checkpoints, the run itself) and by its own backoff deadline,
-so a restart takes one status write and one pod creation, sent together, after the pod's
+so a restart takes one status write and the pods' creation, sent together, after a pod's
 Failed event, with no timer interval on the path. Everything it decides on comes from status
 and Kopf indexes, so the cost of a restart does not grow with the number of checkpoints, and a
 freshly started operator (indexes are fully listed before any daemon starts) converges from
@@ -32,11 +32,11 @@ from ckpt_operator.api.models import TrainingRunSpec, TrainingRunStatus
 from ckpt_operator.config import OperatorConfig
 from ckpt_operator.handlers.indexes import AttemptPods, CheckpointsByRun
 from ckpt_operator.handlers.runtime import Logger, runtime
-from ckpt_operator.handlers.selectors import TRAINING_RUNS
+from ckpt_operator.handlers.selectors import TRAINING_RUNS, managed
 from ckpt_operator.handlers.wakeups import RunWakeups
 from ckpt_operator.kube import client as kube
 from ckpt_operator.kube.trainer import build_pod, build_service, validate_template
-from ckpt_operator.policy import attempts
+from ckpt_operator.policy import attempts, run_state
 from ckpt_operator.policy.attempts import RunState, Step
 from ckpt_operator.policy.resume import Resume
 from ckpt_operator.storage.store import Store, StoreError
@@ -144,15 +144,15 @@ class RunController:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            return None, "", (attempts.INVALID_SPEC, f"spec.{where}: {first['msg']}")
+            return None, "", (run_state.INVALID_SPEC, f"spec.{where}: {first['msg']}")
         root, error = self.store_root(spec.store.uri)
         if error is not None:
-            return spec, root, (attempts.STORE_NOT_ALLOWED, error)
+            return spec, root, (run_state.STORE_NOT_ALLOWED, error)
         problem = validate_template(raw_spec.get("template") or {})
         if problem is not None:
-            return spec, root, (attempts.INVALID_TEMPLATE, problem)
+            return spec, root, (run_state.INVALID_TEMPLATE, problem)
         if self.rejected is not None and self.rejected[0] == generation:
-            return spec, root, (attempts.INVALID_TEMPLATE, self.rejected[1])
+            return spec, root, (run_state.INVALID_TEMPLATE, self.rejected[1])
         return spec, root, None
 
     def attempt_pods(self, uid: str) -> list[AttemptPod]:
@@ -345,7 +345,7 @@ class _Gone(Exception):
     """The run was deleted while we decided."""
 
 
-@kopf.daemon(*TRAINING_RUNS, id="attempts", cancellation_timeout=5.0)  # type: ignore[arg-type]  # see indexes
+@kopf.daemon(*TRAINING_RUNS, id="attempts", cancellation_timeout=5.0, when=managed)  # type: ignore[arg-type]  # see indexes
 async def run_attempts(
     body: kopf.Body,
     memo: kopf.Memo,

@@ -7,6 +7,7 @@ the same process) starts from a fresh one: nothing leaks between runs through mo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class Runtime:
     """Consumers already reported silent, with the report time they fell silent at."""
     unsafe: dict[RunKey, set[str]] = field(default_factory=dict)
     """Store entries already reported as escaping the store."""
+    indexed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once Kopf has listed every index (handlers run only then): admission waits for it."""
 
 
 def runtime(memo: kopf.Memo) -> Runtime:

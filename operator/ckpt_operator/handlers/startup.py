@@ -12,7 +12,9 @@ import prometheus_client
 
 from ckpt_operator.api import names
 from ckpt_operator.config import OperatorConfig
+from ckpt_operator.handlers import admission
 from ckpt_operator.handlers.runtime import Runtime
+from ckpt_operator.handlers.webhook_server import WebhookServer
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.reporting_component = "ckpt-operator"
     memo.runtime = Runtime()  # before any resource handler: each copies the memo
     config: OperatorConfig = memo.config
+    if config.webhook is not None:
+        settings.admission.server = WebhookServer(config.webhook, memo.runtime.indexed)
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)
         log.info("metrics on :%d/metrics", config.metrics_port)
@@ -58,6 +62,8 @@ def run(
 ) -> None:
     """Run the operator until stopped (SIGINT/SIGTERM or ``stop_flag``)."""
     kopf.configure(verbose=False)
+    if config.webhook is not None:
+        admission.register()
     kopf.run(
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,

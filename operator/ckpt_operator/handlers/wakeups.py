@@ -22,6 +22,7 @@ import kopf
 
 from ckpt_operator.api import names
 from ckpt_operator.handlers.selectors import CHECKPOINTS, TRAINING_RUNS
+from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.run import RunKey
 
 if TYPE_CHECKING:
@@ -134,11 +135,13 @@ async def checkpoint_changed(
     """A checkpoint appeared, was verified, invalidated or deleted.
 
     Its run's ``latestCheckpoint`` may change (coalesced: no restart waits for this, a failed
-    pod wakes its run at once); a newer Ready one may release the previous newest; a gone one
-    may let a run deletion finish.
+    pod wakes its run at once); a newer Ready one may release the previous newest (noted in the
+    newest-verified heaps first); a gone one may let a run deletion finish.
     """
     ns = namespace or ""
     state = cast("Runtime", memo.runtime)
+    if type != "DELETED":
+        state.newest.note(CheckpointInfo.from_body(body))
     state.run_wakeups.kick_soon((ns, str(body.spec.get("run", ""))), CHECKPOINT_COALESCE_S)
     if type == "DELETED":
         state.signals.notify(ns, GONE)

@@ -157,3 +157,19 @@ async def read_secret(namespace: str, name: str) -> dict[str, str] | None:
     core = client.CoreV1Api(await api_client())
     secret = await _unless(404, core.read_namespaced_secret(name, namespace))
     return None if secret is None else dict(secret.data or {})
+
+
+async def apply_webhook_configuration(body: dict[str, Any]) -> None:
+    """Create the MutatingWebhookConfiguration, or replace the one of that name."""
+    from kubernetes_asyncio import client
+
+    api: Any = client.AdmissionregistrationV1Api(await api_client())
+    name = body["metadata"]["name"]
+    if await _unless(409, api.create_mutating_webhook_configuration(body)) is not None:
+        return
+    current = await api.read_mutating_webhook_configuration(name)
+    body = {
+        **body,
+        "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version},
+    }
+    await api.replace_mutating_webhook_configuration(name, body)

@@ -33,19 +33,13 @@ the existing pods are adopted with the resume point they really have.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from ckpt_operator.api import conditions, names
-from ckpt_operator.api.models import (
-    AttemptStatus,
-    CheckpointRef,
-    Condition,
-    TrainingRunSpec,
-    TrainingRunStatus,
-)
+from ckpt_operator.api import names
+from ckpt_operator.api.models import AttemptStatus, CheckpointRef, TrainingRunSpec
 from ckpt_operator.policy import gang, restart
 from ckpt_operator.policy.resume import (
     Resume,
@@ -54,141 +48,23 @@ from ckpt_operator.policy.resume import (
     made_progress,
     resume_plan,
 )
-from ckpt_operator.views.checkpoint import CheckpointInfo
+from ckpt_operator.policy.run_state import (
+    FAILED,
+    INVALID_SPEC,
+    Note,
+    RunState,
+    Step,
+    StepBuilder,
+    is_terminal,
+)
 from ckpt_operator.views.pod import AttemptPod, Failure
 
-READY, PROGRESSING, FAILED = "Ready", "Progressing", "Failed"
-OUR_CONDITIONS = (READY, PROGRESSING, FAILED)
-
-# Reasons for bad input. A run failed for one of these recovers when its spec is fixed.
-INVALID_SPEC = "InvalidSpec"
-INVALID_TEMPLATE = "InvalidTemplate"
-STORE_NOT_ALLOWED = "StoreNotAllowed"
-RECOVERABLE = frozenset({INVALID_SPEC, INVALID_TEMPLATE, STORE_NOT_ALLOWED})
-
-Triple = tuple[conditions.Status, str, str]
-NOT_FAILED: Triple = ("False", "NoFailure", "no attempt has failed the run")
-
-
-@dataclass(frozen=True)
-class RunState:
-    """Everything :func:`next_step` decides on."""
-
-    name: str
-    namespace: str
-    generation: int | None
-    spec: TrainingRunSpec | None
-    status: TrainingRunStatus
-    pods: Sequence[AttemptPod]
-    """This run's attempt pods (only those it owns), of every attempt."""
-    checkpoints: Sequence[CheckpointInfo]
-    store_root: str
-    now: datetime
-    invalid: tuple[str, str] | None = None
-    """``(reason, message)`` when the spec cannot be acted upon."""
-
-
-@dataclass(frozen=True)
-class Note:
-    """A Kubernetes Event to post once the status that caused it is written."""
-
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Step:
-    """What the controller must do now."""
-
-    status: TrainingRunStatus
-    create: int | None = None
-    """The attempt whose workers ``ranks`` must be created, along with writing ``status``."""
-    ranks: tuple[int, ...] = ()
-    resume: Resume = field(default_factory=Resume)
-    """What the created workers are told: the same for every worker of the attempt."""
-    delete: tuple[str, ...] = ()
-    """Pods of attempts that ended and are still alive: torn down now."""
-    notes: tuple[Note, ...] = ()
-    wake_at: datetime | None = None
-    """Look again at this time even if nothing happens (backoff, startup timeout)."""
-
-
-def is_terminal(status: TrainingRunStatus) -> bool:
-    """Succeeded, or Failed for a reason other than input the user can still fix."""
-    if status.phase == "Succeeded":
-        return True
-    if status.phase != "Failed":
-        return False
-    failed = next((c for c in status.conditions if c.type == FAILED), None)
-    return failed is None or failed.reason not in RECOVERABLE
-
-
-class _Builder:
-    """Mutable working copy of the status while one step is computed."""
-
-    def __init__(self, state: RunState) -> None:
-        self.state = state
-        self.num_nodes = state.spec.num_nodes if state.spec is not None else 1
-        self.gangs = gang.by_attempt(state.pods)
-        self.status = state.status.model_copy(deep=True)
-        self.status.observed_generation = state.generation
-        self.notes: list[Note] = []
-        self.create: int | None = None
-        self.ranks: tuple[int, ...] = ()
-        self.resume = Resume()
-        self.wake_at: datetime | None = None
-
-    def conditions(self, ready: Triple, progressing: Triple, failed: Triple = NOT_FAILED) -> None:
-        """Set Ready, Progressing and Failed, each as (status, reason, message)."""
-        now = self.state.now.strftime("%Y-%m-%dT%H:%M:%SZ")
-        current = [c.wire() for c in self.status.conditions]
-        for type_, (status, reason, message) in (
-            (READY, ready),
-            (PROGRESSING, progressing),
-            (FAILED, failed),
-        ):
-            current = conditions.set_condition(
-                current, type_, status, reason, message, self.state.generation, now
-            )
-        self.status.conditions = [Condition.model_validate(c) for c in current]
-
-    def fail(self, reason: str, message: str) -> None:
-        self.status.phase = "Failed"
-        self.status.next_attempt_after = None
-        self.conditions(
-            ("False", reason, message), ("False", reason, message), ("True", reason, message)
-        )
-
-    def stale(self) -> tuple[str, ...]:
-        """Live pods of attempts that have ended (not of one recorded later, or not yet)."""
-        attempts = self.status.attempts
-        last = attempts[-1] if attempts else None
-        current = last.attempt if last and last.phase in ("Pending", "Running") else None
-        newest = last.attempt if last else -1
-        return tuple(
-            sorted(
-                p.name
-                for p in self.state.pods
-                if p.live and not p.terminating and p.attempt <= newest and p.attempt != current
-            )
-        )
-
-    def step(self) -> Step:
-        return Step(
-            status=self.status,
-            create=self.create,
-            ranks=self.ranks,
-            resume=self.resume,
-            delete=self.stale(),
-            notes=tuple(self.notes),
-            wake_at=self.wake_at,
-        )
+__all__ = ["RunState", "Step", "next_step", "own_pods"]
 
 
 def next_step(state: RunState) -> Step:
     """The status the run should have now, the pods that should exist, the events to post."""
-    b = _Builder(state)
+    b = StepBuilder(state)
     plan = resume_plan(state.checkpoints)
     b.status.latest_checkpoint = checkpoint_ref(plan.target, state.store_root)
     st = b.status
@@ -218,7 +94,7 @@ def next_step(state: RunState) -> Step:
 
 
 def _open_attempt(
-    b: _Builder, spec: TrainingRunSpec, record: AttemptStatus, plan: ResumePlan
+    b: StepBuilder, spec: TrainingRunSpec, record: AttemptStatus, plan: ResumePlan
 ) -> None:
     workers = b.gangs.get(record.attempt, {})
     found = gang.outcome(workers, b.num_nodes)
@@ -251,15 +127,15 @@ def _resume_text(ref: CheckpointRef | None) -> str:
     return f"from {ref.name} (step {ref.step}, attempt {ref.attempt})"
 
 
-def _workers_text(b: _Builder) -> str:
+def _workers_text(b: StepBuilder) -> str:
     return "" if b.num_nodes == 1 else f" with {b.num_nodes} workers"
 
 
-def _alive_before(b: _Builder, attempt: int) -> list[AttemptPod]:
+def _alive_before(b: StepBuilder, attempt: int) -> list[AttemptPod]:
     return sorted((p for p in b.state.pods if p.attempt < attempt and p.live), key=lambda p: p.name)
 
 
-def _start(b: _Builder, attempt: int, plan: ResumePlan) -> None:
+def _start(b: StepBuilder, attempt: int, plan: ResumePlan) -> None:
     """Record a new attempt; the controller creates its workers along with this status write.
 
     Workers that exist already (created just before a crash or a lost write race) are adopted:
@@ -309,13 +185,13 @@ def _start(b: _Builder, attempt: int, plan: ResumePlan) -> None:
     )
 
 
-def _create(b: _Builder, attempt: int, ranks: tuple[int, ...], resume: Resume) -> None:
+def _create(b: StepBuilder, attempt: int, ranks: tuple[int, ...], resume: Resume) -> None:
     if ranks:
         b.create, b.ranks, b.resume = attempt, ranks, resume
 
 
 def _ensure_workers(
-    b: _Builder, record: AttemptStatus, plan: ResumePlan, missing: tuple[int, ...]
+    b: StepBuilder, record: AttemptStatus, plan: ResumePlan, missing: tuple[int, ...]
 ) -> None:
     """The attempt is recorded but workers were never seen: (re)create them.
 
@@ -342,7 +218,7 @@ def _ensure_workers(
     )
 
 
-def _observe(b: _Builder, record: AttemptStatus, started: datetime | None) -> None:
+def _observe(b: StepBuilder, record: AttemptStatus, started: datetime | None) -> None:
     """Mirror a gang that started running into the record and the run.
 
     Workers still Pending change nothing: the conditions written when the attempt started
@@ -360,7 +236,7 @@ def _observe(b: _Builder, record: AttemptStatus, started: datetime | None) -> No
 
 
 def _close(
-    b: _Builder,
+    b: StepBuilder,
     record: AttemptStatus,
     phase: Literal["Succeeded", "Failed"],
     failure: Failure,
@@ -384,7 +260,7 @@ def _close(
     return closed
 
 
-def _succeeded(b: _Builder, record: AttemptStatus, found: gang.Outcome) -> None:
+def _succeeded(b: StepBuilder, record: AttemptStatus, found: gang.Outcome) -> None:
     code = found.failure.exit_code
     ok = Failure(exit_code=code if code is not None else 0)
     b.status.attempts = [
@@ -399,7 +275,7 @@ def _succeeded(b: _Builder, record: AttemptStatus, found: gang.Outcome) -> None:
 
 
 def _failed(
-    b: _Builder,
+    b: StepBuilder,
     spec: TrainingRunSpec,
     record: AttemptStatus,
     failure: Failure,
@@ -451,7 +327,7 @@ def _failed(
         _start(b, record.attempt + 1, plan)
 
 
-def _backing_off_conditions(b: _Builder, attempt: int, when: datetime) -> None:
+def _backing_off_conditions(b: StepBuilder, attempt: int, when: datetime) -> None:
     text = f"attempt {attempt} starts at {when.isoformat(timespec='milliseconds')}"
     b.conditions(("False", "BackingOff", text), ("True", "BackingOff", text))
 

@@ -24,9 +24,22 @@ MAX_CANDIDATES = 8
 checkpoints at load time, few enough that the pod's env stays small with 10,000 checkpoints."""
 
 
+def unusable_reason(checkpoint: CheckpointInfo) -> str | None:
+    """Why an attempt may not resume from it; None when it may (Ready, not Terminating, full)."""
+    if checkpoint.kind != "full":
+        return "weights-only export: no training state to resume"
+    if checkpoint.terminating:
+        return "Terminating: being deleted"
+    if checkpoint.phase == "Pending":
+        return "Pending: not verified yet"
+    if checkpoint.phase != "Ready":
+        return f"{checkpoint.phase}: failed verification"
+    return None
+
+
 def usable(checkpoint: CheckpointInfo) -> bool:
-    """May an attempt resume from it: Ready, not Terminating, a full training state."""
-    return checkpoint.ready and checkpoint.kind == "full"
+    """May an attempt resume from it (verified resume)."""
+    return unusable_reason(checkpoint) is None
 
 
 def _order(checkpoint: CheckpointInfo) -> tuple[int, int, str]:
@@ -35,13 +48,18 @@ def _order(checkpoint: CheckpointInfo) -> tuple[int, int, str]:
     return (checkpoint.step, checkpoint.attempt, checkpoint.name)
 
 
+def newest_first(checkpoints: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
+    """In the order resume candidates are tried, usable or not."""
+    return sorted(checkpoints, key=_order, reverse=True)
+
+
 def resume_candidates(
     checkpoints: Iterable[CheckpointInfo], limit: int | None = None
 ) -> list[CheckpointInfo]:
     """Checkpoints a new attempt may resume from, best first (at most ``limit`` of them)."""
     ok = (c for c in checkpoints if usable(c))
     if limit is None:
-        return sorted(ok, key=_order, reverse=True)
+        return newest_first(ok)
     return heapq.nlargest(limit, ok, key=_order)
 
 

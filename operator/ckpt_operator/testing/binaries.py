@@ -1,4 +1,4 @@
-"""Find or build the Kubernetes control-plane binaries the local control plane runs.
+"""Find or build the Kubernetes binaries the local control plane and the e2e node run.
 
 No registry serves prebuilt Kubernetes binaries, so they are built from Go modules with the
 machine's Go toolchain. ``k8s.io/kubernetes`` cannot be ``go install``-ed: its go.mod replaces
@@ -31,16 +31,43 @@ GO_INSTALLABLE = {
     "helm": "helm.sh/helm/v3/cmd/helm@v3.22.0",
     "kind": "sigs.k8s.io/kind@v0.33.0",
 }
+# Directories of binaries from one module, installed together (a name like `bridge` or
+# `loopback` alone would be ambiguous on PATH, so only the cache is searched for these).
+GO_INSTALLABLE_DIRS = {
+    # The CNI plugins the e2e node's bridge network uses.
+    "cni-plugins": (
+        "cni/bin",
+        "github.com/containernetworking/plugins",
+        "v1.7.1",
+        (
+            "plugins/main/bridge",
+            "plugins/main/loopback",
+            "plugins/ipam/host-local",
+            "plugins/meta/portmap",
+        ),
+    ),
+}
+
+# Controllers built from their own modules through a wrapper module that requires them:
+# ``go install module@version`` also asks the module proxy for the module's version list (its
+# deprecation check), which not every proxy or mirror serves. Their CRDs come from the same
+# module source and are cached beside the binary (``<name>-crds/``).
+GO_MODULES = {"jobset-controller": ("sigs.k8s.io/jobset", "v0.10.1", "config/components/crd/bases")}
 
 _KUBE_PACKAGES = {
     "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
     "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+    # The e2e tier's node: a real kubelet (CRI: containerd), scheduler and service proxy.
+    "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+    "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+    "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
     # etcd's server module is already in the kubernetes module graph at the tested version.
     "etcd": "go.etcd.io/etcd/server/v3",
 }
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kwok")
-ALL_BINARIES = (*_KUBE_PACKAGES, *GO_INSTALLABLE)
+NODE = ("kubelet", "kube-scheduler", "kube-proxy", "cni-plugins")
+ALL_BINARIES = (*_KUBE_PACKAGES, *GO_INSTALLABLE, *GO_INSTALLABLE_DIRS, *GO_MODULES)
 
 
 class BinaryBuildError(RuntimeError):
@@ -66,7 +93,15 @@ def _candidates(name: str, version: str) -> Iterator[Path]:
 
 
 def find_binary(name: str, version: str = KUBERNETES_VERSION) -> Path | None:
-    """The first executable named ``name`` in KUBEBUILDER_ASSETS, PATH or the cache."""
+    """The first executable named ``name`` in KUBEBUILDER_ASSETS, PATH or the cache.
+
+    For a directory group (``cni-plugins``): its cached directory once every binary is in it.
+    """
+    if name in GO_INSTALLABLE_DIRS:
+        subdir, _, _, packages = GO_INSTALLABLE_DIRS[name]
+        directory = cache_dir(version) / subdir
+        complete = all((directory / pkg.rsplit("/", 1)[1]).is_file() for pkg in packages)
+        return directory if complete else None
     for path in _candidates(name, version):
         if path.is_file() and os.access(path, os.X_OK):
             return path
@@ -136,13 +171,56 @@ def _build(names: list[str], version: str) -> None:
     if kube:
         _build_kube(kube, version, out)
     for name in names:
+        if name in GO_MODULES:
+            _build_module(name, version)
         if name in GO_INSTALLABLE:
             _run(
                 [_go(), "install", "-trimpath", GO_INSTALLABLE[name]],
                 cwd=out,
                 env={"GOBIN": str(out), "CGO_ENABLED": "0"},
             )
+        elif name in GO_INSTALLABLE_DIRS:
+            subdir, module, module_version, packages = GO_INSTALLABLE_DIRS[name]
+            _run(
+                [
+                    _go(),
+                    "install",
+                    "-trimpath",
+                    *(f"{module}/{pkg}@{module_version}" for pkg in packages),
+                ],
+                cwd=out,
+                env={"GOBIN": str(out / subdir), "CGO_ENABLED": "0"},
+            )
     log.info("built %s in %.0f s into %s", names, time.monotonic() - started, out)
+
+
+def crd_dir(name: str, version: str = KUBERNETES_VERSION) -> Path:
+    """Where the CRDs of a controller in ``GO_MODULES`` are cached (after ``ensure_binaries``)."""
+    return cache_dir(version) / f"{name}-crds"
+
+
+def _build_module(name: str, version: str) -> None:
+    module, tag, crds = GO_MODULES[name]
+    out = cache_dir(version)
+    work = out / f"{name}-build"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "go.mod").write_text(
+        f"module ckpt-operator.local/{name}\n\ngo 1.24\n\nrequire {module} {tag}\n"
+    )
+    (work / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{module}"\n')
+    _run([_go(), "mod", "tidy"], cwd=work)
+    _run(
+        [_go(), "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / name), module],
+        cwd=work,
+        env={"CGO_ENABLED": "0"},
+    )
+    source = Path(
+        json.loads(_run([_go(), "mod", "download", "-json", f"{module}@{tag}"], cwd=work))["Dir"]
+    )
+    target = crd_dir(name, version)
+    target.mkdir(parents=True, exist_ok=True)
+    for crd in sorted((source / crds).glob("*.yaml")):
+        (target / crd.name).write_bytes(crd.read_bytes())
 
 
 def _staging_modules(version: str, workdir: Path) -> list[str]:

@@ -275,7 +275,8 @@ class ControlPlane(Started):
             [
                 str(kcm),
                 f"--kubeconfig={self.kubeconfig}",
-                "--controllers=garbagecollector,namespace,serviceaccount",
+                # The Job controller lets tests attach TrainingRuns to real Jobs (and JobSets).
+                "--controllers=garbagecollector,namespace,serviceaccount,job",
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={free_port()}",

@@ -128,3 +128,45 @@ def create(directory: Path) -> Pki:
     for path in (pki.serving_key, pki.admin_key, pki.sa_private):
         path.chmod(0o600)
     return pki
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A serving CA of its own and an apiserver cert, for clients beyond loopback (pods)."""
+
+    ca_bundle: Path  # the client CA and the serving CA: what clients and pods trust
+    cert: Path
+    key: Path
+
+
+def serving_for(directory: Path, client_ca: Path, ips: list[str]) -> Serving:
+    """A serving CA and an apiserver cert valid for in-cluster names and ``ips`` too."""
+    ca_key = _key()
+    ca_name = _name("ckpt-e2e-serving-ca")
+    ca = (
+        _builder(ca_name, ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = _key()
+    names = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+    names.append("kubernetes.default.svc.cluster.local")
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ["127.0.0.1", *ips]]
+    cert = (
+        _builder(_name("kube-apiserver"), ca_name, key.public_key())
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    serving = Serving(
+        directory / "ca-bundle.crt", directory / "serving.crt", directory / "serving.key"
+    )
+    serving.ca_bundle.write_bytes(
+        client_ca.read_bytes() + ca.public_bytes(serialization.Encoding.PEM)
+    )
+    serving.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    serving.key.write_bytes(_pem_key(key))
+    serving.key.chmod(0o600)
+    return serving

@@ -16,13 +16,18 @@ import pytest
 from ckpt_operator.api import crdgen
 from ckpt_operator.testing.binaries import ensure_binaries
 from ckpt_operator.testing.controlplane import ControlPlane, api_client
+from ckpt_operator.testing.jobset import NAME as JOBSET_CONTROLLER
+from ckpt_operator.testing.jobset import JobSetController
 from ckpt_operator.testing.operator_process import OperatorProcess
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build missing binaries before any test runs, outside every per-test timeout."""
-    if any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
+    fixtures = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if "control_plane" in fixtures:
         ensure_binaries()
+    if "jobset" in fixtures:
+        ensure_binaries([JOBSET_CONTROLLER])
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +41,14 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     )
     with plane:
         yield plane
+
+
+@pytest.fixture(scope="session")
+def jobset(control_plane: ControlPlane) -> Iterator[JobSetController]:
+    """The JobSet controller (and its CRD) against the session's control plane."""
+    assert control_plane.workdir is not None
+    with JobSetController(control_plane.kubeconfig, control_plane.workdir / "jobset") as ctrl:
+        yield ctrl
 
 
 @pytest.fixture(scope="session")

@@ -137,6 +137,15 @@ def waiting_reason(status: Mapping[str, Any]) -> str | None:
     return None
 
 
+JOB_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def completion_index(meta: Mapping[str, Any]) -> int | None:
+    """The Job completion index the Job controller annotates a pod of an Indexed Job with."""
+    raw = str((meta.get("annotations") or {}).get(JOB_COMPLETION_INDEX, ""))
+    return int(raw) if raw.isdigit() else None
+
+
 @dataclass(frozen=True)
 class AttemptPod:
     """What the run controller needs to know about one attempt pod (kept in a Kopf index)."""
@@ -158,6 +167,8 @@ class AttemptPod:
     rank: int = 0
     waiting: str | None = None
     """Why it is not running yet (unschedulable, image pull back-off, …), if known."""
+    completion_index: int | None = None
+    """An Indexed Job's pod: its index (attached runs count a Job's pods per index)."""
 
     @property
     def live(self) -> bool:
@@ -197,6 +208,7 @@ class AttemptPod:
             resume_candidates=_candidates_of(spec_containers),
             rank=int(rank) if rank.isdigit() else 0,
             waiting=waiting_reason(status) if phase == "Pending" else None,
+            completion_index=completion_index(meta),
         )
 
 
