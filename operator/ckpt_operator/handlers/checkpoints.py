@@ -33,6 +33,8 @@ from ckpt_operator.views.checkpoint import VERIFIED
 from ckpt_operator.views.run import RunView
 
 RUN_WAIT_RETRIES = 10
+UNREADABLE = "Unreadable"
+"""The Warning's reason when the files could not be read (no verdict: verified again)."""
 
 
 @kopf.on.create(*CHECKPOINTS, id="initialize")
@@ -76,6 +78,7 @@ def _result_status(
 
 @kopf.on.create(*CHECKPOINTS, id="verify")  # type: ignore[arg-type]  # see indexes
 async def verify(
+    body: kopf.Body,
     spec: kopf.Spec,
     meta: kopf.Meta,
     status: kopf.Status,
@@ -97,7 +100,7 @@ async def verify(
         raise kopf.TemporaryError(f"TrainingRun {spec['run']} not found yet", delay=1)
     if run is not None and not meta.get("ownerReferences") and run.uid:
         patch.metadata["ownerReferences"] = [owner_reference(run.name, run.uid)]
-    update, annotations = await _check(spec, meta, status, run, name, memo, logger)
+    update, annotations = await _check(body, run, name, memo, retry, logger)
     patch.metadata.annotations.update(annotations)
     patch.status.update(update)
 
@@ -109,13 +112,14 @@ async def verify(
     new=kopf.PRESENT,
 )
 async def reverify(
+    body: kopf.Body,
     spec: kopf.Spec,
-    meta: kopf.Meta,
     status: kopf.Status,
     namespace: str | None,
     name: str,
     patch: kopf.Patch,
     memo: kopf.Memo,
+    retry: int,
     runs_by_key: RunsByKey,
     logger: Logger,
     **_: Any,
@@ -124,22 +128,23 @@ async def reverify(
     whoever waits for the removal reads the answer."""
     if status.get("phase") != "Deleting":
         run = one(runs_by_key, (namespace or "", spec["run"]))
-        update, annotations = await _check(spec, meta, status, run, name, memo, logger)
+        update, annotations = await _check(body, run, name, memo, retry, logger)
         await kube.patch_status(names.CHECKPOINTS, namespace or "", name, update)
         patch.metadata.annotations.update(annotations)
     patch.metadata.annotations[names.ANNOTATION_VERIFY_REQUESTED] = None
 
 
 async def _check(
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    status: kopf.Status,
+    body: kopf.Body,
     run: RunView | None,
     name: str,
     memo: kopf.Memo,
+    retry: int,
     logger: Logger,
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Verify now: the status update and the annotations saying where the files are."""
+    """Verify now: the status update and the annotations saying where the files are; files
+    that cannot be read are retried with backoff (a Warning each time), never judged."""
+    spec, meta, status = body.spec, body.meta, body.status
     generation = meta.get("generation")
     if run is None:
         message = f"TrainingRun {spec['run']} not found"
@@ -156,6 +161,9 @@ async def _check(
         return _result_status(status, generation, False, "StoreRefused", str(exc)), {}
     mode: manifest.VerifyMode = "size" if run.verify == "size" else "full"
     result = await asyncio.to_thread(manifest.verify, store, spec["path"], mode)
+    if result.retryable:  # an I/O error is no verdict: a good checkpoint must not turn Invalid
+        kopf.warn(body, reason=UNREADABLE, message=f"verifying again: {result.reason}")
+        raise kopf.TemporaryError(result.reason, delay=min(60.0, 2.0**retry))
     annotations = {names.ANNOTATION_STORE: store.root_uri}
     if run.secret_name:
         annotations[names.ANNOTATION_STORE_SECRET] = run.secret_name

@@ -142,10 +142,16 @@ class VerifyResult:
     size_bytes: int = 0
     digest: str | None = None
     manifest: Manifest | None = None
+    retryable: bool = False
+    """The files could not be read (an I/O error): no verdict, worth trying again."""
 
 
 class VerifyError(Exception):
     """A checkpoint does not match its manifest; the message names the file."""
+
+
+class UnreadableError(VerifyError):
+    """A checkpoint's files could not be read: an I/O error says nothing of their content."""
 
 
 class Readable(Protocol):
@@ -217,6 +223,8 @@ def verify(store: Store, rel_path: str, mode: VerifyMode) -> VerifyResult:
     """Check a committed checkpoint against its manifest: sizes only, or full checksums."""
     try:
         manifest, size = scan(store, rel_path, checksums=mode == "full")
+    except UnreadableError as exc:
+        return VerifyResult(False, str(exc), retryable=True)
     except VerifyError as exc:
         return VerifyResult(False, str(exc))
     return VerifyResult(True, "", size, manifest.digest, manifest)
@@ -246,7 +254,7 @@ def scan(
     except FileNotFoundError:
         raise VerifyError(f"{rel_path}: missing") from None
     except OSError as exc:
-        raise VerifyError(f"{rel_path}: cannot be read ({exc})") from exc
+        raise UnreadableError(f"{rel_path}: cannot be read ({exc})") from exc
     found = (manifest.step, manifest.attempt, manifest.format)
     if found != (name.step, name.attempt, name.format):
         raise VerifyError(
