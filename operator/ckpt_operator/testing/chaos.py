@@ -87,6 +87,8 @@ class ChaosResult:
     convergence_s: float | None = None
     wall_s: float = 0.0
     records: int = 0
+    pods: list[str] = field(default_factory=list)
+    """The pods as last seen, when convergence timed out: what the operator waited for."""
 
     def tally(self) -> dict[str, int]:
         """The headline counts the issue asks for, sorted out of the violations."""
@@ -116,7 +118,7 @@ class ChaosResult:
 
     def report(self) -> str:
         lines = [f"chaos seed {self.seed} (replay: CKPT_CHAOS_SEED={self.seed}): {self.summary()}"]
-        return "\n".join(lines + [str(v) for v in self.violations])
+        return "\n".join(lines + [str(v) for v in self.violations] + sorted(self.pods))
 
 
 class Chaos:
@@ -351,6 +353,7 @@ class Chaos:
                 return time.monotonic() - started
             if time.monotonic() > deadline:
                 self.result.violations += [self._stuck(p) for p in owed]
+                self.result.pods = [_pod_line(p) for p in self.observer.snapshot(PODS).values()]
                 return None
             time.sleep(0.5)
 
@@ -373,3 +376,13 @@ class Chaos:
 
     def _stuck(self, problem: str) -> Violation:
         return Violation(CRASH_CONVERGENCE, self.observer.checker.revision, f"{STUCK}{problem}")
+
+
+def _pod_line(pod: Body) -> str:
+    m = meta(pod)
+    gone = "Terminating " if terminating(pod) else ""
+    grace, node = m.get("deletionGracePeriodSeconds"), (pod.get("spec") or {}).get("nodeName")
+    return (
+        f"pod {m.get('name')}: {gone}{phase(pod)} finalizers {m.get('finalizers')} "
+        f"grace {grace} node {node} resourceVersion {m.get('resourceVersion')}"
+    )
