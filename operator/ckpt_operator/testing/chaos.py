@@ -353,7 +353,9 @@ class Chaos:
                 return time.monotonic() - started
             if time.monotonic() > deadline:
                 self.result.violations += [self._stuck(p) for p in owed]
-                self.result.pods = [_pod_line(p) for p in self.observer.snapshot(PODS).values()]
+                self.result.pods = [
+                    self._pod_line(p) for p in self.observer.snapshot(PODS).values()
+                ]
                 return None
             time.sleep(0.5)
 
@@ -374,15 +376,18 @@ class Chaos:
             left = convergence.leftovers(self.observer.checker)
             self.result.violations += [self._stuck(p) for p in left]
 
+    def _pod_line(self, pod: Body) -> str:
+        """The pod as the observer saw it last, and whether the API server still has it (a
+        quorum read: tells a stale observer from a pod that really stays)."""
+        m = meta(pod)
+        gone = "Terminating " if terminating(pod) else ""
+        grace, node = m.get("deletionGracePeriodSeconds"), (pod.get("spec") or {}).get("nodeName")
+        now = self.cluster.pod(str(m.get("name")))
+        api = "gone" if now is None else f"resourceVersion {now.metadata.resource_version}"
+        return (
+            f"pod {m.get('name')}: {gone}{phase(pod)} finalizers {m.get('finalizers')} "
+            f"grace {grace} node {node} resourceVersion {m.get('resourceVersion')} (API: {api})"
+        )
+
     def _stuck(self, problem: str) -> Violation:
         return Violation(CRASH_CONVERGENCE, self.observer.checker.revision, f"{STUCK}{problem}")
-
-
-def _pod_line(pod: Body) -> str:
-    m = meta(pod)
-    gone = "Terminating " if terminating(pod) else ""
-    grace, node = m.get("deletionGracePeriodSeconds"), (pod.get("spec") or {}).get("nodeName")
-    return (
-        f"pod {m.get('name')}: {gone}{phase(pod)} finalizers {m.get('finalizers')} "
-        f"grace {grace} node {node} resourceVersion {m.get('resourceVersion')}"
-    )
