@@ -244,6 +244,22 @@ def test_a_deletion_inside_a_watch_gap_is_judged_at_the_gap_end(h: History) -> N
     assert len(h.checker.violations) == 1
 
 
+def test_storage_gone_in_a_watch_gap_waits_for_the_relist(h: History) -> None:
+    entry = layout.CheckpointName(5, 0, "dir").path
+    body = {"run": "r", "entry": entry, "metadata": {"name": entry}}
+    h.checker.feed(Record(h.rev + 1, STORE, GONE, body, h.t, 90, relisted=True))
+    h.checker.feed(
+        Record(h.rev + 2, CHECKPOINTS, "MODIFIED", ckpt(5, deleting=True), h.t, 91, True)
+    )
+    assert h.invariants() == []
+    assert "seen only after its storage went" in h.checker.unjudged[-1]
+    entry = layout.CheckpointName(6, 0, "dir").path
+    body = {"run": "r", "entry": entry, "metadata": {"name": entry}}
+    h.checker.feed(Record(h.rev + 3, STORE, GONE, body, h.t, 92, relisted=True))
+    h.emit(CHECKPOINTS, ckpt(6))  # the watch streams again: not being deleted
+    assert h.invariants() == [SAFE_DELETION]
+
+
 def test_storage_vanishing_without_a_deletion(h: History) -> None:
     h.store(COMMITTED, 5)
     h.store(GONE, 5)

@@ -44,7 +44,8 @@ class Record:
     seq: int = 0
     relisted: bool = False
     """Made up from a relist after a watch gap: what happened to the object in between is
-    unknown, and ``at`` is when the gap closed."""
+    unknown, and ``at`` is when the gap closed. On a store record: seen while a watch was
+    down, so the object's side of the change may not be known yet."""
 
     @property
     def order(self) -> tuple[int, int, int]:

@@ -90,6 +90,8 @@ class InvariantChecker:
         """(run, store entry) -> revision it was seen committed at."""
         self.violations: list[Violation] = []
         self.unjudged: list[str] = []
+        self._suspects: dict[str, str] = {}
+        """Checkpoint -> its store entry, seen gone while the watches were down."""
         """What fell into watch gaps and could only be judged in part, or not at all."""
         self.revision, self.now, self.fed = 0, 0.0, 0
         self._deletions: dict[str, _Deletion] = {}
@@ -112,6 +114,8 @@ class InvariantChecker:
         self.fed += 1
         if rec.relisted and rec.kind == CHECKPOINTS and rec.type == "DELETED":
             self._unseen_deletion(rec)
+        if rec.kind == CHECKPOINTS:
+            self._settle_suspect(rec)
         self._evaluate_deletions()  # the previous state, as of now
         if rec.kind == STORE:
             self._store(rec)
@@ -248,10 +252,27 @@ class InvariantChecker:
         d = self._deletions.get(name)
         if d is not None and (body is None or meta(body).get("uid") == d.uid):
             self._judge(name, d, f"storage of {entry} seen gone")
+        elif body is not None and rec.relisted:
+            self._suspects[name] = entry
         elif body is not None:
             self.violate(SAFE_DELETION, f"storage of {entry} gone, not being deleted", name)
         elif (rb := self.objects[RUNS].get(run)) is not None and not terminating(rb):
             self.violate(SAFE_DELETION, f"unregistered {entry} of a live run removed", run)
+
+    def _settle_suspect(self, rec: Record) -> None:
+        """Storage seen gone during a watch gap, its object not (yet) seen deleted: the relist
+        that closes the gap shows the deletion (acquitted, judged in part) or, once the watch
+        streams again, its absence (a violation)."""
+        name = str(meta(rec.body).get("name", ""))
+        entry = self._suspects.get(name)
+        if entry is None:
+            return
+        if rec.type == "DELETED" or terminating(rec.body):
+            del self._suspects[name]
+            self.unjudged.append(f"deletion of {name} seen only after its storage went")
+        elif not rec.relisted:
+            del self._suspects[name]
+            self.violate(SAFE_DELETION, f"storage of {entry} gone, not being deleted", name)
 
     # --- objects ------------------------------------------------------------------------------
 

@@ -342,10 +342,12 @@ class Observer(Started):
                     changes.append((CANARY, str(root), ""))
             if not changes:
                 continue
+            with self._lock:
+                gap = bool(self._down)  # the objects' side of this change may be unseen yet
             revision = self._revision_after()
             if revision is None:
                 return
             for type_, run, entry in changes:
                 kind = CANARY if type_ == CANARY else STORE
                 body = {"run": run, "entry": entry, "metadata": {"name": f"{run}/{entry}"}}
-                self._record(kind, type_, body, revision)
+                self._record(kind, type_, body, revision, gap)
