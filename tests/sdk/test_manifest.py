@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -99,6 +100,22 @@ def test_dir_corruptions_name_the_file(file_store: Store) -> None:
     (root / MANIFEST_NAME).unlink()
     result = verify(file_store, name.path, "size")
     assert not result.ok and f"{MANIFEST_NAME} is missing" in result.reason
+
+
+def test_an_io_error_is_no_verdict(file_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EIO while reading says nothing of the content: retryable, unlike a mismatch."""
+    name = _write(file_store, "dir")
+
+    def failing(*_: object, **__: object) -> None:
+        raise OSError(errno.EIO, "injected")
+
+    monkeypatch.setattr(file_store, "open", failing)
+    result = verify(file_store, name.path, "full")
+    assert not result.ok and result.retryable and "cannot be read" in result.reason
+    monkeypatch.undo()
+    assert verify(file_store, name.path, "full").ok
+    os.truncate(Path(file_store.resolve(name.path)) / "weights.bin", 1)
+    assert not verify(file_store, name.path, "size").retryable
 
 
 def test_manifest_must_match_its_name(file_store: Store) -> None:

@@ -41,6 +41,8 @@ from ckpt_operator.views.checkpoint import (
 from ckpt_operator.views.run import RunView
 
 RUN_WAIT_RETRIES = 10
+UNREADABLE = "Unreadable"
+"""The Warning's reason when the files could not be read (no verdict: verified again)."""
 
 
 @kopf.on.create(*CHECKPOINTS, id="initialize")
@@ -114,7 +116,7 @@ async def verify(
         raise kopf.TemporaryError(f"TrainingRun {info.run} not found yet", delay=1)
     if run is not None and not meta.get("ownerReferences") and run.uid:
         patch.metadata["ownerReferences"] = [owner_reference(run.name, run.uid)]
-    update, annotations = await _check(info, checkpoints_by_files, meta, status, run, memo, logger)
+    update, annotations = await _check(body, info, checkpoints_by_files, run, memo, retry, logger)
     patch.metadata.annotations.update(annotations)
     patch.status.update(update)
 
@@ -133,6 +135,7 @@ async def reverify(
     name: str,
     patch: kopf.Patch,
     memo: kopf.Memo,
+    retry: int,
     runs_by_key: RunsByKey,
     checkpoints_by_files: CheckpointsByFiles,
     logger: Logger,
@@ -144,7 +147,7 @@ async def reverify(
         info = CheckpointInfo.from_body(body)
         run = one(runs_by_key, (namespace or "", info.run))
         update, annotations = await _check(
-            info, checkpoints_by_files, meta, status, run, memo, logger
+            body, info, checkpoints_by_files, run, memo, retry, logger
         )
         await kube.patch_status(names.CHECKPOINTS, namespace or "", name, update)
         patch.metadata.annotations.update(annotations)
@@ -152,15 +155,17 @@ async def reverify(
 
 
 async def _check(
+    body: kopf.Body,
     info: CheckpointInfo,
     checkpoints_by_files: CheckpointsByFiles,
-    meta: kopf.Meta,
-    status: kopf.Status,
     run: RunView | None,
     memo: kopf.Memo,
+    retry: int,
     logger: Logger,
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Verify now: the status update and the annotations saying where the files are."""
+    """Verify now: the status update and the annotations saying where the files are; files
+    that cannot be read are retried with backoff (a Warning each time), never judged."""
+    meta, status = body.meta, body.status
     generation = meta.get("generation")
 
     def invalid(reason: str, message: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -184,6 +189,9 @@ async def _check(
         return invalid("StoreRefused", str(exc))
     mode: manifest.VerifyMode = "size" if run.verify == "size" else "full"
     result = await asyncio.to_thread(manifest.verify, store, info.path, mode)
+    if result.retryable:  # an I/O error is no verdict: a good checkpoint must not turn Invalid
+        kopf.warn(body, reason=UNREADABLE, message=f"verifying again: {result.reason}")
+        raise kopf.TemporaryError(result.reason, delay=min(60.0, 2.0**retry))
     annotations = {names.ANNOTATION_STORE: store.root_uri}
     if run.secret_name:
         annotations[names.ANNOTATION_STORE_SECRET] = run.secret_name

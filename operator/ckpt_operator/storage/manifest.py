@@ -162,6 +162,8 @@ class VerifyResult:
     size_bytes: int = 0
     digest: str | None = None
     manifest: Manifest | None = None
+    retryable: bool = False
+    """The files could not be read (an I/O error): no verdict, worth trying again."""
 
 
 class VerifyError(Exception):
@@ -242,6 +244,8 @@ def verify(store: Store, rel_path: str, mode: VerifyMode) -> VerifyResult:
     """Check a committed checkpoint against its manifest: sizes only, or full checksums."""
     try:
         manifest, size = scan(store, rel_path, checksums=mode == "full")
+    except UnreadableError as exc:
+        return VerifyResult(False, str(exc), retryable=True)
     except VerifyError as exc:
         return VerifyResult(False, str(exc))
     return VerifyResult(True, "", size, manifest.digest, manifest)

@@ -122,6 +122,7 @@ class ControlPlane(Started):
     processes: list[_Process] = field(default_factory=list)
     server: str = ""
     _tmp: tempfile.TemporaryDirectory[str] | None = None
+    _certs: pki.Pki | None = None
 
     @property
     def kubeconfig(self) -> Path:
@@ -140,7 +141,7 @@ class ControlPlane(Started):
         bins = binaries.ensure_binaries(names)
         atexit.register(self.stop)
         try:
-            certs = pki.create(self.workdir / "pki")
+            certs = self._certs = pki.create(self.workdir / "pki")
             etcd_url = self._start_etcd(bins["etcd"])
             self._start_apiserver(bins["kube-apiserver"], certs, etcd_url)
             self._write_kubeconfig(certs)
@@ -153,6 +154,21 @@ class ControlPlane(Started):
         except BaseException:
             self.stop()
             raise
+
+    def restart_apiserver(self, *, down_s: float = 0.0, crash: bool = False) -> float:
+        """Stop the kube-apiserver (gracefully, or at once with ``crash``) and start it again on
+        the same port, with the same certificates and etcd: every connection and watch drops,
+        nothing stored is lost. Returns the ``time.monotonic()`` at which it answered again."""
+        assert self._certs is not None, "not started"
+        process = self._process("kube-apiserver")
+        process.stop(grace=0.0 if crash else 10.0)
+        time.sleep(down_s)
+        process.start()
+        self._wait_ready(self._certs)
+        return time.monotonic()
+
+    def _process(self, name: str) -> _Process:
+        return next(p for p in self.processes if p.name == name)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -248,7 +264,7 @@ class ControlPlane(Started):
     def _wait_ready(self, certs: pki.Pki) -> None:
         context = ssl.create_default_context(cafile=str(certs.ca_cert))
         context.load_cert_chain(str(certs.admin_cert), str(certs.admin_key))
-        apiserver = self.processes[-1]
+        apiserver = self._process("kube-apiserver")
         self._wait_for(
             apiserver, lambda: http_ok(f"{self.server}/readyz", context), "kube-apiserver /readyz"
         )

@@ -29,22 +29,26 @@ class OperatorProcess(Started):
         namespaces: Sequence[str] = (),
         allowed_roots: Sequence[str] = (),
         extra_args: Sequence[str] = (),
+        module: str = "ckpt_operator",
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.namespaces = list(namespaces)
         self.allowed_roots = list(allowed_roots)
         self.extra_args = list(extra_args)
+        self.module = module
+        """Run as ``python -m <module> run``: a wrapper may set the process up first."""
         self.metrics_port = 0
         self.liveness_url = ""
         self._popen: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start and wait until Kopf's liveness endpoint answers."""
+    def start(self, timeout: float = 60.0, *, wait: bool = True) -> None:
+        """Start and wait until Kopf's liveness endpoint answers (unless not ``wait``: a kill
+        may then land during start-up)."""
         liveness_port, self.metrics_port = free_port(), free_port()
         self.liveness_url = f"http://127.0.0.1:{liveness_port}/healthz"
-        args = [sys.executable, "-m", "ckpt_operator", "run", f"--metrics-port={self.metrics_port}"]
+        args = [sys.executable, "-m", self.module, "run", f"--metrics-port={self.metrics_port}"]
         args += [f"--liveness={self.liveness_url}", *self.extra_args]
         args += [f"--namespace={ns}" for ns in self.namespaces]
         args += [f"--allowed-root={root}" for root in self.allowed_roots]
@@ -57,6 +61,8 @@ class OperatorProcess(Started):
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
             start_new_session=True,
         )
+        if not wait:
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._popen.poll() is not None:
