@@ -91,7 +91,6 @@ async def verify(
     status: kopf.Status,
     namespace: str | None,
     name: str,
-    patch: kopf.Patch,
     memo: kopf.Memo,
     retry: int,
     runs_by_key: RunsByKey,
@@ -114,11 +113,19 @@ async def verify(
     run = one(runs_by_key, (namespace or "", info.run))
     if run is None and retry < RUN_WAIT_RETRIES:
         raise kopf.TemporaryError(f"TrainingRun {info.run} not found yet", delay=1)
+    metadata: dict[str, Any] = {}
     if run is not None and not meta.get("ownerReferences") and run.uid:
-        patch.metadata["ownerReferences"] = [owner_reference(run.name, run.uid)]
+        metadata["ownerReferences"] = [owner_reference(run.name, run.uid)]
     update, annotations = await _check(body, info, checkpoints_by_files, run, memo, retry, logger)
-    patch.metadata.annotations.update(annotations)
-    patch.status.update(update)
+    # Written here, in this order, not through Kopf's patch: Kopf writes the body (with its
+    # "handled" mark) before the status, so a crash between the two would leave a Checkpoint
+    # marked handled that is never verified (crash convergence). Where the files are comes
+    # first: it is trusted only once the status below says the operator verified them.
+    if annotations:
+        metadata["annotations"] = annotations
+    if metadata:
+        await kube.patch_metadata(names.CHECKPOINTS, namespace or "", name, metadata)
+    await kube.patch_status(names.CHECKPOINTS, namespace or "", name, update)
 
 
 @kopf.on.field(  # type: ignore[arg-type]  # see indexes

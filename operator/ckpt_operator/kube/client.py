@@ -104,6 +104,24 @@ async def patch_status(
     return body
 
 
+async def patch_metadata(
+    plural: str, namespace: str, name: str, metadata: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Merge ``metadata`` (annotations, owner references) into the object; None when gone."""
+    api = await _custom()
+    call = api.patch_namespaced_custom_object(
+        names.GROUP,
+        names.VERSION,
+        namespace,
+        plural,
+        name,
+        {"metadata": metadata},
+        _content_type=names.MERGE_PATCH,
+    )
+    body: dict[str, Any] | None = await _unless(404, call)
+    return body
+
+
 async def delete_checkpoint(namespace: str, name: str) -> bool:
     """Delete the object (the finalizer then deletes storage); False when already gone."""
     api = await _custom()
