@@ -4,7 +4,7 @@ VENV ?= .venv
 EXTRAS ?= torch,test
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit integration e2e e2e-images image crds binaries clean
+.PHONY: demo test lint unit integration chaos e2e e2e-images image crds binaries clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ unit: $(VENV)/.installed
 
 integration: binaries
 	$(BIN)/python -m pytest -m integration
+
+## chaos: the operator SIGKILLed >= 30 times at random (CKPT_CHAOS_SEED=N replays a run)
+chaos: binaries
+	$(BIN)/python -m pytest -m chaos tests/integration/test_chaos.py
 
 ## e2e: Helm + the operator image + trainer pods on a real node (kubelet, containerd); root
 e2e: $(VENV)/.installed

@@ -1,4 +1,4 @@
-"""Chaos in CI: the operator SIGKILLed at random instants (>= 30 times) while single-node runs
+"""Chaos (`make chaos`): the operator SIGKILLed at random instants (>= 30 times) while single-node runs
 and a gang fail and restart, checkpoints are saved, reported, expired and deleted.
 
 The invariant checker (``ckpt_operator.testing.invariants``) judges all six invariants of
@@ -20,7 +20,7 @@ from ckpt_operator.testing.cluster import Cluster
 from ckpt_operator.testing.observer import Observer
 from ckpt_operator.testing.operator_process import OperatorProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(600)]
 
 
 def test_sigkill_at_random_instants_breaks_no_invariant(
