@@ -30,12 +30,6 @@ NODES = 3
 TRAINING = {"TOTAL_STEPS": "30", "SAVE_EVERY": "10", "OMP_NUM_THREADS": "1"}
 LINE = re.compile(r"^rank=(\d+) step=(\d+) loss=(\S+)$", re.MULTILINE)
 Losses = dict[tuple[int, int], str]
-LAUNCH = (  # what torchrun --nproc-per-node=1 does with the gang's PET_* variables, minus an
-    # agent process per node (a second torch import each, on a small shared CI host)
-    "import os, runpy; "
-    "os.environ.update(RANK=os.environ['PET_NODE_RANK'], WORLD_SIZE=os.environ['PET_NNODES']); "
-    f"runpy.run_path({EXAMPLE!r}, run_name='__main__')"
-)
 
 
 def _losses(text: str) -> Losses:
@@ -91,7 +85,8 @@ def test_a_gang_worker_dies_and_the_gang_resumes_bit_identically(
     trainer = {
         "name": "trainer",
         "image": "local",
-        "command": ["python", "-c", LAUNCH],
+        # torchrun reads the gang's PET_* variables: one process per node, RANK = node rank
+        "command": ["python", "-m", "torch.distributed.run", "--nproc-per-node=1", EXAMPLE],
         "env": [{"name": k, "value": v} for k, v in env.items()],
     }
     kube.create_run(run_body("g", f"file://{store}", numNodes=NODES, containers=[trainer]))
