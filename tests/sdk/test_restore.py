@@ -170,7 +170,10 @@ def test_from_env_contract(tmp_path: Path) -> None:
     assert manager.candidates() == cands
     assert env_candidates({**env, "CKPT_RESUME_CANDIDATES": ""}) == cands[:1]
     assert env_candidates({"CKPT_RUN": "r"}) is None  # no candidates given: scan the store
-    assert env_candidates({"CKPT_RUN": "r", "CKPT_RESUME_CANDIDATES": "[]"}) is None
+    # the operator chose nothing: start from scratch, never scan what it did not verify
+    assert env_candidates({"CKPT_RUN": "r", "CKPT_RESUME_CANDIDATES": "[]"}) == []
+    assert env_candidates({"CKPT_RESUME_FROM": "", "CKPT_RESUME_CANDIDATES": ""}) == []
+    assert env_candidates({"CKPT_RESUME_FROM": cands[0]}) == cands[:1]
     assert env_candidates({}) is None  # no operator: scan the store
     with pytest.raises(ValueError, match="JSON list"):
         env_candidates({"CKPT_RESUME_CANDIDATES": '{"a": 1}'})
@@ -185,8 +188,9 @@ def test_unpicklable_extra_is_refused_by_name(file_store: Store) -> None:
     assert file_store.list_entries() == []  # refused while staging: nothing written
 
 
-def test_a_run_given_no_candidates_scans_the_store(tmp_path: Path) -> None:
-    """An attached workload's webhook may hand over no candidates: the store still has them."""
+def test_an_explicit_empty_candidate_list_starts_from_scratch(tmp_path: Path) -> None:
+    """``[]`` is the operator's answer (nothing verified, or all Invalid or being deleted):
+    the store's checkpoints must not be loaded behind its back."""
     store = f"file://{tmp_path}/run"
     _save_steps(Store.from_uri(store), "dir")
     env = {
@@ -196,6 +200,18 @@ def test_a_run_given_no_candidates_scans_the_store(tmp_path: Path) -> None:
         "CKPT_RESUME_FROM": "",
         "CKPT_RESUME_CANDIDATES": "[]",
     }
+    manager = CheckpointManager.from_env(env, registry=None)
+    assert manager.candidates() == []
+    model = _model(0)
+    assert manager.restore(model=model) is None
+    assert torch.equal(model.weight, torch.zeros_like(model.weight))
+
+
+def test_a_run_given_no_candidate_variable_scans_the_store(tmp_path: Path) -> None:
+    """A pod that bypassed the webhook has no CKPT_RESUME_CANDIDATES: the store still has them."""
+    store = f"file://{tmp_path}/run"
+    _save_steps(Store.from_uri(store), "dir")
+    env = {"CKPT_STORE": store, "CKPT_RUN": "r", "CKPT_ATTEMPT": "2"}
     model = _model(0)
     assert CheckpointManager.from_env(env, registry=None).restore(model=model) == 30
     assert torch.equal(model.weight, torch.full_like(model.weight, 30))

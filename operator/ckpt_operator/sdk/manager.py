@@ -64,22 +64,24 @@ class CandidatesUnreadableError(RuntimeError):
 
 
 def env_candidates(env: Mapping[str, str]) -> list[str] | None:
-    """Resume candidates the operator handed over; None when there are none to try.
+    """Resume candidates the operator handed over; None when it handed over nothing at all.
 
-    None makes :meth:`CheckpointManager.restore` scan the store: an attached workload's pods
-    may get no candidates (webhook bypassed, or checkpoints not yet verified), and the
-    committed checkpoints in the store are still better than starting from scratch.
+    The operator always sets ``CKPT_RESUME_CANDIDATES`` (to ``[]`` when it chose nothing: no
+    checkpoint verified, or all are Invalid or being deleted), and then the run starts from
+    scratch: an explicit empty list is never widened to a scan of the store, which would resume
+    from checkpoints the operator rejected or has not verified. Only when the variable is absent
+    (an attached workload whose webhook was bypassed, or no operator at all) does this return
+    None, which makes :meth:`CheckpointManager.restore` scan the store.
     """
-    raw = env.get(names.ENV_RESUME_CANDIDATES, "").strip()
-    if raw:
-        candidates = json.loads(raw)
-        if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
-            raise ValueError(f"{names.ENV_RESUME_CANDIDATES} must be a JSON list of URIs")
-        if candidates:
-            return candidates
-    if env.get(names.ENV_RESUME_FROM):
+    if names.ENV_RESUME_CANDIDATES not in env:
+        return [env[names.ENV_RESUME_FROM]] if env.get(names.ENV_RESUME_FROM) else None
+    raw = env[names.ENV_RESUME_CANDIDATES].strip()
+    candidates = json.loads(raw) if raw else []
+    if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
+        raise ValueError(f"{names.ENV_RESUME_CANDIDATES} must be a JSON list of URIs")
+    if not candidates and env.get(names.ENV_RESUME_FROM):
         return [env[names.ENV_RESUME_FROM]]
-    return None
+    return candidates
 
 
 class CheckpointManager:
