@@ -180,3 +180,23 @@ def test_async_distributed_saves(file_store: Store, tmp_path: Path) -> None:
     assert manifest["world_size"] == 2
     restored = run_ranks(2, restore_body(file_store), tmp_path / "restore").ok()
     assert [r[:2] for r in restored] == [[3, 300], [3, 301]]
+
+
+def test_an_export_from_rank_0_alone_before_any_save_does_not_hang(
+    file_store: Store, tmp_path: Path
+) -> None:
+    """is_leader must not make the SDK's group (collective) when rank 0 alone asks."""
+
+    def body(rank: int) -> Any:
+        manager = CheckpointManager(file_store, run="r", attempt=1, collective_timeout_s=10)
+        if rank == 0:
+            manager.export_weights(model_for(5, rank), 5, config={"n": 8})
+        torch.distributed.barrier()  # training's own collectives go on meanwhile
+        manager.save(10, model=model_for(10, rank))
+        return manager.is_leader
+
+    assert run_ranks(2, body, tmp_path / "export", timeout_s=40).ok() == [True, False]
+    assert file_store.list_entries() == [
+        "step-0000000010.attempt-1",
+        "weights-0000000005.attempt-1",
+    ]

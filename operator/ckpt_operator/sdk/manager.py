@@ -142,9 +142,14 @@ class CheckpointManager:
 
     @property
     def is_leader(self) -> bool:
-        """True on the rank that commits and registers checkpoints (rank 0, or no group)."""
-        coll = self.collective()
-        return coll is None or coll.is_leader
+        """True on the rank that commits and registers checkpoints (rank 0, or no group).
+
+        Never makes the SDK's group itself (that is collective): rank 0 alone may ask, e.g.
+        from :meth:`export_weights` called on rank 0 only before any save or restore.
+        """
+        if self._coll_ready:
+            return self._coll is None or self._coll.is_leader
+        return not _in_process_group() or torch.distributed.get_rank() == 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> CheckpointManager:
@@ -412,6 +417,11 @@ class CheckpointManager:
             self.registry.request_verification(
                 name.object_name(self.run), f"failed verification at restore: {outcome.reason}"
             )
+
+
+def _in_process_group() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _state_dict(
