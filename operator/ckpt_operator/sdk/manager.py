@@ -16,7 +16,7 @@ import torch
 from ckpt_operator.api import names
 from ckpt_operator.api.names import Format
 from ckpt_operator.sdk.asyncsave import AsyncWriter
-from ckpt_operator.sdk.collective import DEFAULT_TIMEOUT_S, Collective
+from ckpt_operator.sdk.collective import DEFAULT_TIMEOUT_S, Collective, in_process_group
 from ckpt_operator.sdk.export import DEFAULT_MAX_SHARD_SIZE, config_dict, stage_hf
 from ckpt_operator.sdk.registry import CheckpointRecord, KubeRegistry, Registry
 from ckpt_operator.sdk.sharded import Outcome, agree, load_part, write_sharded
@@ -149,7 +149,7 @@ class CheckpointManager:
         """
         if self._coll_ready:
             return self._coll is None or self._coll.is_leader
-        return not _in_process_group() or torch.distributed.get_rank() == 0
+        return not in_process_group() or torch.distributed.get_rank() == 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> CheckpointManager:
@@ -417,11 +417,6 @@ class CheckpointManager:
             self.registry.request_verification(
                 name.object_name(self.run), f"failed verification at restore: {outcome.reason}"
             )
-
-
-def _in_process_group() -> bool:
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _state_dict(
