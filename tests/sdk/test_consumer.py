@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from ckpt_operator.api.names import ANNOTATION_HEARTBEAT, ANNOTATION_LOADED_STEP
 from ckpt_operator.sdk import CheckpointManager, Consumer
+from ckpt_operator.sdk.consumer import WeightsRef
 from ckpt_operator.storage.store import Store
 
 
@@ -114,3 +115,36 @@ def test_only_a_successful_load_is_reported(file_store: Store) -> None:
     assert consumer.report_loaded()
     [(_, annotations)] = registry.annotations
     assert annotations[ANNOTATION_LOADED_STEP] == "10"
+
+
+def test_fetch_replaces_what_an_earlier_fetch_left(file_store: Store, tmp_path: Path) -> None:
+    trainer = CheckpointManager(file_store, run="r", attempt=1)
+    model = torch.nn.Linear(64, 64)
+    trainer.export_weights(model, 10, config={"hidden": 64})
+    trainer.export_weights(model, 20, config={"hidden": 64}, max_shard_size=8 << 10)
+    consumer = Consumer(file_store, run="r")
+    first, second = (WeightsRef(s, 1, f"weights-{s:010d}.attempt-1", "dir") for s in (10, 20))
+    dest = tmp_path / "served"
+    consumer.fetch(str(dest), first)
+    assert (dest / "model.safetensors").exists()
+    consumer.fetch(str(dest), second)
+    names = sorted(p.name for p in dest.iterdir())
+    assert "model.safetensors" not in names  # no stale single file beside the new shards
+    assert "model.safetensors.index.json" in names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "served"]  # no leftovers
+
+
+def test_a_failed_fetch_leaves_dest_as_it_was(file_store: Store, tmp_path: Path) -> None:
+    trainer = CheckpointManager(file_store, run="r", attempt=1)
+    trainer.export_weights(torch.nn.Linear(4, 4), 10, config={})
+    consumer = Consumer(file_store, run="r")
+    ref = consumer.latest()
+    assert ref is not None
+    dest = tmp_path / "served"
+    consumer.fetch(str(dest), ref)
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    weights = Path(file_store.resolve(f"{ref.path}/model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")  # same size, wrong checksum
+    with pytest.raises(Exception, match=r"(?i)checksum|mismatch|corrupt"):
+        consumer.fetch(str(dest), ref)
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before

@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import shutil
+import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -137,19 +139,36 @@ class Consumer:
 
     def fetch(self, dest: str, ref: WeightsRef | None = None) -> WeightsRef:
         """Verify ``ref`` and materialise it as a plain local directory an inference server
-        can load (tars are extracted safely)."""
+        can load (tars are extracted safely).
+
+        The files go to a fresh temporary directory beside ``dest``, which then replaces
+        ``dest`` as a whole: nothing of an earlier fetch (a ``model.safetensors`` beside new
+        shards) survives, and a failed fetch leaves ``dest`` as it was.
+        """
         ref = self._resolve(ref)
         manifest, _ = scan(self.store, ref.path, checksums=True)
-        os.makedirs(dest, exist_ok=True)
-        if ref.format == "tar":
-            with self.store.open(ref.path) as f:
-                safe_extract(f, dest)
-        else:
-            for entry in manifest.files:
-                target = os.path.join(dest, entry.path)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with self.store.open(f"{ref.path}/{entry.path}") as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, 16 << 20)
+        dest = os.path.abspath(dest)
+        parent, base = os.path.split(dest)
+        os.makedirs(parent, exist_ok=True)
+        staging = os.path.join(parent, f".{base}.fetch-{uuid.uuid4().hex[:12]}")
+        os.mkdir(staging)  # not mkdtemp: its mode 0700 would hide it from a server's user
+        try:
+            if ref.format == "tar":
+                with self.store.open(ref.path) as f:
+                    safe_extract(f, staging)
+            else:
+                for entry in manifest.files:
+                    target = os.path.join(staging, entry.path)
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    with (
+                        self.store.open(f"{ref.path}/{entry.path}") as src,
+                        open(target, "wb") as out,
+                    ):
+                        shutil.copyfileobj(src, out, 16 << 20)
+            _replace_dir(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return ref
 
     def report_loaded(self, step: int | None = None) -> bool:
@@ -178,3 +197,30 @@ class Consumer:
         beat = datetime.now(UTC).isoformat(timespec="microseconds")
         annotations = {ANNOTATION_LOADED_STEP: str(step), names.ANNOTATION_HEARTBEAT: beat}
         return self.registry.annotate_pod(self.pod, annotations)
+
+
+def _replace_dir(new: str, dest: str) -> None:
+    """Put directory ``new`` at ``dest``, replacing what is there (renames in one directory).
+
+    POSIX has no atomic exchange of two directories: the old one is first renamed aside, so
+    for an instant ``dest`` is absent (never partly written); it is restored if the second
+    rename fails, and removed after.
+    """
+    if not os.path.lexists(dest):
+        os.rename(new, dest)
+        return
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.old-", dir=os.path.dirname(dest))
+    aside = os.path.join(old, "dir")
+    os.rename(dest, aside)
+    try:
+        os.rename(new, dest)
+    except BaseException:
+        os.rename(aside, dest)
+        raise
+    finally:
+        if os.path.isdir(aside) and not os.path.islink(aside):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if os.path.lexists(aside):
+                os.unlink(aside)
+            os.rmdir(old)
