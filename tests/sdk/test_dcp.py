@@ -15,12 +15,14 @@ import pytest
 pytest.importorskip("torch")
 
 import torch
+from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
 from ckpt_operator.sdk import CheckpointManager
 from ckpt_operator.sdk import manager as manager_module
 from ckpt_operator.sdk.dcp import load_metadata
+from ckpt_operator.sdk.dcpio import PartlyLoadedError
 from ckpt_operator.sdk.manager import CandidatesUnreadableError
 from ckpt_operator.storage.layout import MANIFEST_NAME, CheckpointName
 from ckpt_operator.storage.manifest import FileEntry, Manifest, new_hasher, read_manifest, verify
@@ -257,3 +259,41 @@ def test_metadata_cannot_make_the_reader_open_files_outside_the_checkpoint(
     assert restorer.restore_dcp(target_state) == 1
     assert torch.equal(target_state["w"], torch.full((2,), 1.0))
     assert [call[0] for call in registry.calls] == ["invalid"]
+
+
+class _FailsAfterFirstTensor(DefaultLoadPlanner):
+    """Damage found after one tensor was already copied into the caller's state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.committed = 0
+
+    def commit_tensor(self, read_item: Any, tensor: torch.Tensor) -> None:
+        super().commit_tensor(read_item, tensor)
+        self.committed += 1
+        if self.committed == 1:
+            raise pickle.UnpicklingError("damaged item after the first tensor")
+
+
+def test_a_candidate_that_fails_after_writing_into_the_state_is_not_a_fresh_start(
+    file_store: Store,
+) -> None:
+    uri = CheckpointManager(file_store, run="r").save_dcp(
+        2, {"a": torch.full((2,), 2.0), "b": torch.full((2,), 2.0)}
+    )
+    target: dict[str, Any] = {"a": torch.zeros(2), "b": torch.zeros(2)}
+    manager = CheckpointManager(file_store, run="r", resume_candidates=[uri])
+    with pytest.raises(PartlyLoadedError, match="partly overwritten"):
+        manager.restore_dcp(target, planner=_FailsAfterFirstTensor())
+
+
+def test_a_candidate_that_fails_before_writing_leaves_a_fresh_start(file_store: Store) -> None:
+    uri = CheckpointManager(file_store, run="r").save_dcp(2, {"a": torch.full((2,), 2.0)})
+    [shard] = Path(file_store.resolve(file_store.rel_from_uri(uri))).glob("*.distcp")
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # caught by the checksum before anything is parsed
+    shard.write_bytes(bytes(data))
+    target: dict[str, Any] = {"a": torch.zeros(2)}
+    manager = CheckpointManager(file_store, run="r", resume_candidates=[uri])
+    assert manager.restore_dcp(target) is None
+    assert torch.equal(target["a"], torch.zeros(2))

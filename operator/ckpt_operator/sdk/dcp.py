@@ -273,17 +273,24 @@ class _VerifyingFileSystem(FileSystem):
 
 
 class _WeightsOnlyBytes:
-    """The planner, except that non-tensor items must load weights-only before it sees them."""
+    """The planner, except that non-tensor items must load weights-only before it sees them;
+    also tells ``reader`` once anything is about to be written into the caller's state."""
 
-    def __init__(self, planner: LoadPlanner) -> None:
+    def __init__(self, planner: LoadPlanner, reader: CheckpointReader) -> None:
         self._planner = planner
+        self._reader = reader
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._planner, name)
 
+    def resolve_tensor(self, read_item: Any) -> torch.Tensor:
+        self._reader.wrote = True  # torch copies into what this returns
+        return self._planner.resolve_tensor(read_item)
+
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
         torch.load(value, weights_only=True)  # raises on anything but plain data and tensors
         value.seek(0)
+        self._reader.wrote = True
         self._planner.load_bytes(read_item, value)
 
 
@@ -294,6 +301,9 @@ class CheckpointReader(FileSystemReader):
         super().__init__(store.resolve(rel_path))
         self.fs: _VerifyingFileSystem = _VerifyingFileSystem(manifest, store, rel_path)
         self._rel_path = rel_path
+        self.wrote = False
+        """Whether loading began writing into the caller's state dict (so a failure leaves
+        it partly overwritten)."""
         self._metadata: md.Metadata | None = None
 
     def check_metadata(self) -> md.Metadata:
@@ -318,4 +328,4 @@ class CheckpointReader(FileSystemReader):
         return metadata
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
-        return super().read_data(plan, cast(LoadPlanner, _WeightsOnlyBytes(planner)))
+        return super().read_data(plan, cast(LoadPlanner, _WeightsOnlyBytes(planner, self)))

@@ -251,7 +251,9 @@ class CheckpointManager:
 
     def restore_dcp(self, state_dict: dict[str, Any], *, planner: Any = None) -> int | None:
         """Load the newest DCP checkpoint that verifies into ``state_dict`` in place (any
-        world size: DCP reshards) and return its step; None when none does."""
+        world size: DCP reshards) and return its step; None when none does. Raises
+        :class:`~ckpt_operator.sdk.dcpio.PartlyLoadedError` when none does but a failed one
+        had already overwritten part of ``state_dict``."""
         from ckpt_operator.sdk import dcpio
 
         return dcpio.restore(self, state_dict, planner=planner)
