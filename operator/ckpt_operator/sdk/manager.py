@@ -22,7 +22,6 @@ from ckpt_operator.sdk.registry import CheckpointRecord, KubeRegistry, Registry
 from ckpt_operator.sdk.sharded import Outcome, agree, load_part, write_sharded
 from ckpt_operator.sdk.state import (
     Staged,
-    StateError,
     rng_state,
     set_rng_state,
     stage_full,
@@ -189,18 +188,19 @@ class CheckpointManager:
         """
         coll = self.collective()
         name = CheckpointName(step, self.attempt, self.format)
-        trees = {
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng_state(),
-            "extra": extra,
-        }
         try:
+            trees = {
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": rng_state(),
+                "extra": extra,
+            }
             staged = stage_full(step, model=_state_dict(model), trees=trees, copy=not blocking)
-        except StateError as exc:
+        except Exception as exc:
             if coll is not None:  # the other ranks wait for this one: fail them too
+                reason = f"{type(exc).__name__}: {exc}"
                 with contextlib.suppress(Exception):
-                    self._submit(name, Staged({}), metrics, blocking=True, error=str(exc))
+                    self._submit(name, Staged({}), metrics, blocking=True, error=reason)
             raise
         return self._submit(name, staged, metrics, blocking)
 
@@ -330,20 +330,32 @@ class CheckpointManager:
         """
         coll = self.collective()
         if coll is not None and not coll.is_leader:
-            return list(coll.broadcast(None)["candidates"])
-        if self.resume_candidates is not None:
-            found = list(self.resume_candidates)
-        else:
-            names = [n for n in map(parse_committed, self.store.list_entries()) if n is not None]
-            names.sort(key=lambda n: (n.step, n.attempt), reverse=True)
-            found = []
-            for n in names:
-                try:
-                    found.append(self.store.uri(n.path))
-                except PathEscapeError as exc:  # e.g. a symlink out of the store: never read
-                    log.warning("skipping store entry %s: %s", n.path, exc)
+            message = coll.broadcast(None)
+            if "error" in message:  # rank 0 could not list them: fail with it, never wait
+                raise RuntimeError(f"no resume candidates: rank 0 failed: {message['error']}")
+            return list(message["candidates"])
+        try:
+            found = self._leader_candidates()
+        except Exception as exc:
+            if coll is not None:
+                with contextlib.suppress(Exception):
+                    coll.broadcast({"error": f"{type(exc).__name__}: {exc}"})
+            raise
         if coll is not None:
             coll.broadcast({"candidates": found})
+        return found
+
+    def _leader_candidates(self) -> list[str]:
+        if self.resume_candidates is not None:
+            return list(self.resume_candidates)
+        names = [n for n in map(parse_committed, self.store.list_entries()) if n is not None]
+        names.sort(key=lambda n: (n.step, n.attempt), reverse=True)
+        found = []
+        for n in names:
+            try:
+                found.append(self.store.uri(n.path))
+            except PathEscapeError as exc:  # e.g. a symlink out of the store: never read
+                log.warning("skipping store entry %s: %s", n.path, exc)
         return found
 
     def restore(
