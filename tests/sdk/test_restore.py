@@ -82,9 +82,6 @@ def _corrupt(store: Store, rel: str, how: str) -> str:
         with open(root / "state.safetensors", "r+b") as f:
             f.truncate(10)
         return "state.safetensors"
-    if how == "no-manifest":
-        (root / MANIFEST_NAME).unlink()
-        return MANIFEST_NAME
     (root / "state.json").unlink()
     return "state.json"
 
@@ -94,7 +91,6 @@ def _corrupt(store: Store, rel: str, how: str) -> str:
     [
         ("dir", "flip"),
         ("dir", "truncate"),
-        ("dir", "no-manifest"),
         ("tar", "flip"),
         ("tar", "truncate"),
     ],
@@ -310,3 +306,28 @@ def test_a_listed_file_not_found_is_no_proof_of_damage(file_store: Store) -> Non
     assert only_damaged.restore(model=_model(0)) is None  # a proven mismatch: no error
     [(name, _)] = registry.invalid
     assert name == "r-step-10-a1"
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_a_missing_manifest_is_unreadable_for_the_trainer_and_invalid_for_the_operator(
+    file_store: Store,
+) -> None:
+    from ckpt_operator.storage.manifest import verify
+
+    registry = FakeRegistry()
+    uris = _save_steps(file_store, "dir")
+    newest = file_store.rel_from_uri(uris[-1])
+    Path(file_store.resolve(newest), MANIFEST_NAME).unlink()
+    manager = CheckpointManager(
+        file_store, run="r", registry=registry, resume_candidates=list(reversed(uris))
+    )
+    assert manager.restore(model=_model(0)) == 20
+    assert registry.invalid == []  # deleted meanwhile, or not yet visible: never blamed
+    only_missing = CheckpointManager(
+        file_store, run="r", registry=registry, resume_candidates=[uris[-1]]
+    )
+    with pytest.raises(CandidatesUnreadableError):
+        only_missing.restore(model=_model(0))
+    assert registry.invalid == []
+    result = verify(file_store, newest, "full")  # the operator's check: Invalid, as before
+    assert not result.ok and "missing" in result.reason

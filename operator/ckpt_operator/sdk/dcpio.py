@@ -32,6 +32,7 @@ from ckpt_operator.storage.layout import CheckpointName, parse_committed
 from ckpt_operator.storage.manifest import (
     Manifest,
     ManifestError,
+    ManifestMissingError,
     UnreadableError,
     VerifyError,
     read_manifest,
@@ -204,7 +205,7 @@ def _read_into(
         readers.append(reader)
         reader.check_metadata()
         dcp_load(state_dict, storage_reader=reader, planner=planner, **_dist_args(coll))
-    except UnreadableError as exc:
+    except (UnreadableError, ManifestMissingError) as exc:  # missing is not damaged
         return Outcome(False, str(exc), unreadable=True)
     except _BAD_DATA as exc:
         return Outcome(False, str(exc), invalid=True)
