@@ -21,7 +21,7 @@ import torch
 
 from ckpt_operator.api import names
 from ckpt_operator.api.names import ANNOTATION_LOADED_STEP, Format
-from ckpt_operator.sdk.export import load_tensors
+from ckpt_operator.sdk.export import load_export_tensors
 from ckpt_operator.sdk.manager import Stateful
 from ckpt_operator.sdk.registry import KubeRegistry, Registry
 from ckpt_operator.sdk.safetar import safe_extract
@@ -129,7 +129,7 @@ class Consumer:
         """
         ref = self._resolve(ref)
         _, buffers = read_files(self.store, ref.path, verify=verify)
-        tensors = load_tensors(buffers, ref.path)
+        tensors = load_export_tensors(buffers, ref.path)
         config = buffers.get(CONFIG_FILE)
         parsed = json.loads(config.numpy().tobytes()) if config is not None else {}
         if model is not None:
