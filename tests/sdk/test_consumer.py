@@ -148,3 +148,33 @@ def test_a_failed_fetch_leaves_dest_as_it_was(file_store: Store, tmp_path: Path)
     with pytest.raises(Exception, match=r"(?i)checksum|mismatch|corrupt"):
         consumer.fetch(str(dest), ref)
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+
+
+def test_load_model_reports_only_weights_the_model_holds(file_store: Store) -> None:
+    trainer = CheckpointManager(file_store, run="r", attempt=1)
+    trainer.export_weights(torch.nn.Linear(4, 2), 10, config={"shape": [4, 2]})
+    trainer.export_weights(torch.nn.Linear(4, 3), 20, config={"shape": [4, 2]})  # wrong config
+    registry = FakeRegistry([_weights(10), _weights(20)])
+    consumer = Consumer(file_store, run="r", pod="p", registry=registry)
+
+    def build(config: dict[str, Any]) -> torch.nn.Linear:
+        return torch.nn.Linear(*config["shape"])
+
+    first = WeightsRef(10, 1, "weights-0000000010.attempt-1", "dir")
+    assert isinstance(consumer.load_model(build, first), torch.nn.Linear)
+    assert consumer.loaded == first
+    newest = consumer.latest()
+    assert newest is not None and newest.step == 20
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        consumer.load_model(build, newest)
+    assert consumer.loaded == first  # the failed load is not what is served
+    assert consumer.report_loaded()
+    assert registry.annotations[-1][1][ANNOTATION_LOADED_STEP] == "10"
+
+
+def _weights(step: int) -> dict[str, Any]:
+    path = f"weights-{step:010d}.attempt-1"
+    return {
+        "spec": {"run": "r", "step": step, "attempt": 1, "path": path, "kind": "weights"},
+        "status": {"phase": "Ready"},
+    }

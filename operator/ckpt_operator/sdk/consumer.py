@@ -12,10 +12,10 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -31,6 +31,8 @@ from ckpt_operator.storage.manifest import scan
 from ckpt_operator.storage.store import Store, as_store
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Stateful)
 
 
 @dataclass(frozen=True)
@@ -128,14 +130,38 @@ class Consumer:
         Only when all of that succeeded does it become :attr:`loaded` (and :attr:`config`).
         """
         ref = self._resolve(ref)
+        tensors, config = self._read(ref, verify)
+        if model is not None:
+            model.load_state_dict(tensors)
+        self.config, self.loaded = config, ref
+        return tensors
+
+    def load_model(
+        self,
+        build: Callable[[dict[str, Any]], M],
+        ref: WeightsRef | None = None,
+        *,
+        verify: bool = True,
+    ) -> M:
+        """Like :meth:`load_weights`, into a fresh model ``build(config)`` makes from the
+        export's ``config.json``; returns it. Only once the model holds the weights do they
+        become :attr:`loaded`: a config the model cannot be built from, or weights that do not
+        fit it, leave :attr:`loaded` (what :meth:`report_loaded` reports) as it was."""
+        ref = self._resolve(ref)
+        tensors, config = self._read(ref, verify)
+        model = build(config)
+        model.load_state_dict(tensors)
+        self.config, self.loaded = config, ref
+        return model
+
+    def _read(
+        self, ref: WeightsRef, verify: bool
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         _, buffers = read_files(self.store, ref.path, verify=verify)
         tensors = load_export_tensors(buffers, ref.path)
         config = buffers.get(CONFIG_FILE)
         parsed = json.loads(config.numpy().tobytes()) if config is not None else {}
-        if model is not None:
-            model.load_state_dict(tensors)
-        self.config, self.loaded = parsed, ref
-        return tensors
+        return tensors, parsed
 
     def fetch(self, dest: str, ref: WeightsRef | None = None) -> WeightsRef:
         """Verify ``ref`` and materialise it as a plain local directory an inference server
