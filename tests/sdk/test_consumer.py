@@ -178,3 +178,26 @@ def _weights(step: int) -> dict[str, Any]:
         "spec": {"run": "r", "step": step, "attempt": 1, "path": path, "kind": "weights"},
         "status": {"phase": "Ready"},
     }
+
+
+def test_store_scan_reads_only_weights_manifests(
+    file_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckpt_operator.sdk import consumer as consumer_module
+
+    trainer = CheckpointManager(file_store, run="r", attempt=1)
+    model = torch.nn.Linear(4, 4)
+    trainer.export_weights(model, 10, config={})
+    for step in (20, 30):
+        trainer.save(step, model=model)  # newer full checkpoints: never a consumer's
+    scanned: list[str] = []
+    real_scan = consumer_module.scan
+
+    def recording(store: Store, rel: str, **kwargs: Any) -> Any:
+        scanned.append(rel)
+        return real_scan(store, rel, **kwargs)
+
+    monkeypatch.setattr(consumer_module, "scan", recording)
+    ref = Consumer(file_store, run="r").latest()
+    assert ref is not None and ref.step == 10
+    assert scanned == ["weights-0000000010.attempt-1"]

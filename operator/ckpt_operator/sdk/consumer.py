@@ -105,7 +105,8 @@ class Consumer:
 
     def _scan_latest(self) -> WeightsRef | None:
         """Without a cluster: the newest committed weights checkpoint whose sizes check out."""
-        names = [n for n in map(parse_committed, self.store.list_entries()) if n is not None]
+        found = map(parse_committed, self.store.list_entries())
+        names = [n for n in found if n is not None and n.kind == "weights"]  # by name: no I/O
         for name in sorted(names, key=lambda n: (n.step, n.attempt), reverse=True):
             try:
                 manifest, _ = scan(self.store, name.path, checksums=False)
