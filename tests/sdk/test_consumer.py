@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +202,24 @@ def test_store_scan_reads_only_weights_manifests(
     ref = Consumer(file_store, run="r").latest()
     assert ref is not None and ref.step == 10
     assert scanned == ["weights-0000000010.attempt-1"]
+
+
+def test_fetch_into_a_mount_point_replaces_its_contents(
+    file_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A volume mounted at dest cannot be renamed: its contents are replaced instead."""
+    trainer = CheckpointManager(file_store, run="r", attempt=1)
+    model = torch.nn.Linear(64, 64)
+    trainer.export_weights(model, 10, config={})
+    trainer.export_weights(model, 20, config={}, max_shard_size=8 << 10)
+    dest = tmp_path / "mounted"
+    dest.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(dest) or real_ismount(p))
+    consumer = Consumer(file_store, run="r")
+    consumer.fetch(str(dest), WeightsRef(10, 1, "weights-0000000010.attempt-1", "dir"))
+    (dest / "stale-dir").mkdir()
+    consumer.fetch(str(dest), WeightsRef(20, 1, "weights-0000000020.attempt-1", "dir"))
+    names = sorted(p.name for p in dest.iterdir())
+    assert "model.safetensors" not in names and "stale-dir" not in names
+    assert "model.safetensors.index.json" in names and not [n for n in names if n[0] == "."]

@@ -170,14 +170,18 @@ class Consumer:
 
         The files go to a fresh temporary directory beside ``dest``, which then replaces
         ``dest`` as a whole: nothing of an earlier fetch (a ``model.safetensors`` beside new
-        shards) survives, and a failed fetch leaves ``dest`` as it was.
+        shards) survives, and a failed fetch leaves ``dest`` as it was. When ``dest`` is a
+        mount point (a volume mounted there), which cannot be renamed, the files are staged
+        inside it and replace its contents instead, entry by entry (not in one step).
         """
         ref = self._resolve(ref)
         manifest, _ = scan(self.store, ref.path, checksums=True)
         dest = os.path.abspath(dest)
         parent, base = os.path.split(dest)
+        mounted = os.path.ismount(dest)
         os.makedirs(parent, exist_ok=True)
-        staging = os.path.join(parent, f".{base}.fetch-{uuid.uuid4().hex[:12]}")
+        where = dest if mounted else parent
+        staging = os.path.join(where, f".{base}.fetch-{uuid.uuid4().hex[:12]}")
         os.mkdir(staging)  # not mkdtemp: its mode 0700 would hide it from a server's user
         try:
             if ref.format == "tar":
@@ -192,7 +196,10 @@ class Consumer:
                         open(target, "wb") as out,
                     ):
                         shutil.copyfileobj(src, out, 16 << 20)
-            _replace_dir(staging, dest)
+            if mounted:
+                _replace_contents(staging, dest)
+            else:
+                _replace_dir(staging, dest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -251,3 +258,18 @@ def _replace_dir(new: str, dest: str) -> None:
             if os.path.lexists(aside):
                 os.unlink(aside)
             os.rmdir(old)
+
+
+def _replace_contents(staging: str, dest: str) -> None:
+    """Make mount point ``dest`` hold exactly what its subdirectory ``staging`` holds."""
+    keep = os.path.basename(staging)
+    for entry in os.listdir(dest):
+        if entry != keep:
+            path = os.path.join(dest, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+    for entry in os.listdir(staging):
+        os.rename(os.path.join(staging, entry), os.path.join(dest, entry))
+    os.rmdir(staging)
