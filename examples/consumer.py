@@ -18,20 +18,18 @@ import logging
 import os
 import sys
 import time
+from typing import Any
 
 import torch
 from torch import nn
 
-from ckpt_operator.sdk import Consumer, WeightsRef
+from ckpt_operator.sdk import Consumer
 from train import build_model
 
 
-def load(consumer: Consumer, ref: WeightsRef) -> nn.Module:
-    """A fresh model holding ``ref``'s verified weights, built from its ``config.json``."""
-    tensors = consumer.load_weights(ref)
-    model = build_model(consumer.config["layers"])
-    model.load_state_dict(tensors)
-    return model.eval()
+def build(config: dict[str, Any]) -> nn.Module:
+    """A fresh model for an export, from its ``config.json``."""
+    return build_model(config["layers"]).eval()
 
 
 def main() -> int:
@@ -39,25 +37,25 @@ def main() -> int:
     poll = float(os.environ.get("POLL_SECONDS") or 30)
     max_polls = int(os.environ.get("MAX_POLLS") or 0)
     consumer = Consumer.from_env()
-    serving: int | None = None
     polls = 0
     while True:
         ref = consumer.latest()
-        if ref is not None and ref.step != serving:
+        if ref is not None and ref != consumer.loaded:
+            # consumer.loaded moves to ref only once the model holds its weights
+            served = consumer.loaded.step if consumer.loaded else None
             try:
-                model = load(consumer, ref)
+                model = consumer.load_model(build, ref)
             except Exception:  # corrupt, deleted meanwhile, wrong shape: keep serving the old
-                logging.exception("cannot load step %d; still serving %s", ref.step, serving)
+                logging.exception("cannot load step %d; still serving %s", ref.step, served)
             else:
-                serving = ref.step
                 with torch.no_grad():
                     probe = model(torch.ones(1, 16)).item()
-                logging.info("serving step %d (probe output %.5f)", serving, probe)
-        if serving is not None:
-            consumer.report_loaded(serving)
+                logging.info("serving step %d (probe output %.5f)", ref.step, probe)
+        if consumer.loaded is not None:
+            consumer.report_loaded()  # the step of consumer.loaded; also the heartbeat
         polls += 1
         if max_polls and polls >= max_polls:
-            return 0 if serving is not None else 1
+            return 0 if consumer.loaded is not None else 1
         time.sleep(poll)
 
 

@@ -42,8 +42,11 @@ def main() -> int:
     export_every, fail_at = _env_int("EXPORT_EVERY", 0), _env_int("FAIL_AT_STEP", -1)
     fail_on = {int(a) for a in (os.environ.get("FAIL_ON_ATTEMPT") or "0").split(",")}
 
-    # Under torchrun (examples/trainingrun-multinode.yaml) DDP keeps the replicas equal, so
-    # every rank restores the same checkpoint and rank 0 alone writes them.
+    # Under torchrun (examples/trainingrun-multinode.yaml) DDP keeps the replicas equal. Every
+    # rank calls restore and save alike: under a process group they are collective (each rank
+    # writes its own state into one checkpoint, rank 0 commits it), so a save from rank 0 alone
+    # would wait for the others until the SDK's collective timeout. Weights exports are
+    # written by rank 0 only.
     distributed = _env_int("WORLD_SIZE", 1) > 1
     if distributed:
         torch.distributed.init_process_group("gloo")
@@ -72,7 +75,7 @@ def main() -> int:
             optimizer.step()
             scheduler.step()
             step += 1
-            if rank == 0 and (step % every == 0 or step == total):
+            if step % every == 0 or step == total:  # on every rank: save is collective
                 ckpt.save(
                     step,
                     model=model,
@@ -82,7 +85,7 @@ def main() -> int:
                     blocking=False,
                 )
                 logging.info("step %d loss %.5f: checkpoint queued", step, loss.item())
-            if rank == 0 and export_every and step % export_every == 0:
+            if rank == 0 and export_every and step % export_every == 0:  # not collective
                 ckpt.export_weights(model, step, config={"layers": LAYERS})
         ckpt.wait()
     if distributed:

@@ -3,6 +3,7 @@ checked before anything is parsed, and every rank falls back together past a dam
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -14,12 +15,14 @@ import pytest
 pytest.importorskip("torch")
 
 import torch
+from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
 from ckpt_operator.sdk import CheckpointManager
 from ckpt_operator.sdk import manager as manager_module
 from ckpt_operator.sdk.dcp import load_metadata
+from ckpt_operator.sdk.dcpio import PartlyLoadedError
 from ckpt_operator.sdk.manager import CandidatesUnreadableError
 from ckpt_operator.storage.layout import MANIFEST_NAME, CheckpointName
 from ckpt_operator.storage.manifest import FileEntry, Manifest, new_hasher, read_manifest, verify
@@ -215,3 +218,82 @@ def test_a_shard_that_cannot_be_read_is_retried_not_blamed(
     only_newest = CheckpointManager(file_store, run="r", resume_candidates=uris[1:])
     with pytest.raises(CandidatesUnreadableError, match="step-0000000002"):
         only_newest.restore_dcp(target)
+
+
+def _hostile(store: Store, rel: str, relative_path: str) -> None:
+    """Point every item of ``rel``'s ``.metadata`` at ``relative_path`` (re-checksummed)."""
+    where = Path(store.resolve(rel), ".metadata")
+    metadata = load_metadata(where.read_bytes())
+    assert metadata.storage_data
+    metadata.storage_data = {
+        index: dataclasses.replace(info, relative_path=relative_path)
+        for index, info in metadata.storage_data.items()
+    }
+    _rewrite(store, rel, ".metadata", pickle.dumps(metadata, protocol=2))
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_metadata_cannot_make_the_reader_open_files_outside_the_checkpoint(
+    file_store: Store, tmp_path: Path, how: str
+) -> None:
+    manager = CheckpointManager(file_store, run="r")
+    manager.save_dcp(1, {"w": torch.full((2,), 1.0)})
+    manager.save_dcp(2, {"w": torch.full((2,), 2.0)})
+    rel = CheckpointName(2, 0, "dcp").path
+    directory = Path(file_store.resolve(rel))
+    [shard] = directory.glob("*.distcp")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    copy = outside / shard.name  # the same bytes: checksums alone would let it through
+    copy.write_bytes(shard.read_bytes())
+    if how == "symlink":
+        shard.unlink()
+        shard.symlink_to(copy)
+    else:
+        shard.rename(directory / "moved")  # only the copy outside holds the data now
+        target = f"../../outside/{shard.name}" if how == "dotdot" else str(copy)
+        _hostile(file_store, rel, target)
+    registry = Recorder()
+    target_state: dict[str, Any] = {"w": torch.zeros(2)}
+    restorer = CheckpointManager(file_store, run="r", attempt=1, registry=registry)
+    assert restorer.restore_dcp(target_state) == 1
+    assert torch.equal(target_state["w"], torch.full((2,), 1.0))
+    assert [call[0] for call in registry.calls] == ["invalid"]
+
+
+class _FailsAfterFirstTensor(DefaultLoadPlanner):
+    """Damage found after one tensor was already copied into the caller's state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.committed = 0
+
+    def commit_tensor(self, read_item: Any, tensor: torch.Tensor) -> None:
+        super().commit_tensor(read_item, tensor)
+        self.committed += 1
+        if self.committed == 1:
+            raise pickle.UnpicklingError("damaged item after the first tensor")
+
+
+def test_a_candidate_that_fails_after_writing_into_the_state_is_not_a_fresh_start(
+    file_store: Store,
+) -> None:
+    uri = CheckpointManager(file_store, run="r").save_dcp(
+        2, {"a": torch.full((2,), 2.0), "b": torch.full((2,), 2.0)}
+    )
+    target: dict[str, Any] = {"a": torch.zeros(2), "b": torch.zeros(2)}
+    manager = CheckpointManager(file_store, run="r", resume_candidates=[uri])
+    with pytest.raises(PartlyLoadedError, match="partly overwritten"):
+        manager.restore_dcp(target, planner=_FailsAfterFirstTensor())
+
+
+def test_a_candidate_that_fails_before_writing_leaves_a_fresh_start(file_store: Store) -> None:
+    uri = CheckpointManager(file_store, run="r").save_dcp(2, {"a": torch.full((2,), 2.0)})
+    [shard] = Path(file_store.resolve(file_store.rel_from_uri(uri))).glob("*.distcp")
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # caught by the checksum before anything is parsed
+    shard.write_bytes(bytes(data))
+    target: dict[str, Any] = {"a": torch.zeros(2)}
+    manager = CheckpointManager(file_store, run="r", resume_candidates=[uri])
+    assert manager.restore_dcp(target) is None
+    assert torch.equal(target["a"], torch.zeros(2))

@@ -180,3 +180,64 @@ def test_async_distributed_saves(file_store: Store, tmp_path: Path) -> None:
     assert manifest["world_size"] == 2
     restored = run_ranks(2, restore_body(file_store), tmp_path / "restore").ok()
     assert [r[:2] for r in restored] == [[3, 300], [3, 301]]
+
+
+def test_an_export_from_rank_0_alone_before_any_save_does_not_hang(
+    file_store: Store, tmp_path: Path
+) -> None:
+    """is_leader must not make the SDK's group (collective) when rank 0 alone asks."""
+
+    def body(rank: int) -> Any:
+        manager = CheckpointManager(file_store, run="r", attempt=1, collective_timeout_s=10)
+        if rank == 0:
+            manager.export_weights(model_for(5, rank), 5, config={"n": 8})
+        torch.distributed.barrier()  # training's own collectives go on meanwhile
+        manager.save(10, model=model_for(10, rank))
+        return manager.is_leader
+
+    assert run_ranks(2, body, tmp_path / "export", timeout_s=40).ok() == [True, False]
+    assert file_store.list_entries() == [
+        "step-0000000010.attempt-1",
+        "weights-0000000005.attempt-1",
+    ]
+
+
+class _BrokenOptimizer:
+    def state_dict(self) -> Any:
+        raise RuntimeError("optimizer state unavailable")
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+def test_any_staging_failure_on_one_rank_fails_every_rank_at_once(
+    file_store: Store, tmp_path: Path
+) -> None:
+    """Not only StateError: any exception before the save's collectives reaches the peers."""
+
+    def body(rank: int) -> None:
+        manager = CheckpointManager(file_store, run="r", attempt=1)  # 300 s collective timeout
+        optimizer = _BrokenOptimizer() if rank == 1 else None
+        manager.save(10, model=model_for(10, rank), optimizer=optimizer)  # type: ignore[arg-type]
+
+    ranks = run_ranks(2, body, tmp_path / "stage", timeout_s=30)
+    assert ranks.raised(0) and ranks.raised(1)
+    assert "optimizer state unavailable" in (ranks.errors[0] or "")
+    assert [e for e in file_store.list_entries() if not e.startswith(".tmp.")] == []
+
+
+def test_a_failed_candidate_scan_on_rank_0_fails_every_rank_at_once(
+    file_store: Store, tmp_path: Path
+) -> None:
+    def body(rank: int) -> None:
+        manager = CheckpointManager(file_store, run="r", attempt=1)  # 300 s collective timeout
+        if rank == 0:
+
+            def unlistable() -> list[str]:
+                raise PermissionError("cannot list the store")
+
+            manager.store.list_entries = unlistable  # type: ignore[method-assign]
+        manager.restore(model=model_for(0, rank))
+
+    ranks = run_ranks(2, body, tmp_path / "scan", timeout_s=30)
+    assert ranks.raised(0) and ranks.raised(1)
+    assert "cannot list the store" in (ranks.errors[1] or "")

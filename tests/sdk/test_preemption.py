@@ -13,6 +13,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+import torch
+
 from ckpt_operator.api import names
 from ckpt_operator.sdk import CheckpointManager, save_on_sigterm
 from ckpt_operator.storage.layout import parse_committed
@@ -73,3 +75,35 @@ def test_a_sigterm_inside_hold_saves_after_the_block(tmp_path: Path) -> None:
     assert _committed_steps(manager.store) == [2]
     # The previous handler is back.
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_sigterm_right_after_a_periodic_save_of_that_step_exits_preempted(
+    tmp_path: Path,
+) -> None:
+    manager = CheckpointManager(f"file://{tmp_path}/run", registry=None)
+    model = torch.nn.Linear(4, 4)
+    manager.save(3, model=model)  # the periodic save; SIGTERM comes before step 4 ends
+    with (
+        pytest.raises(SystemExit) as exited,
+        save_on_sigterm(manager, lambda: {"step": 3, "model": model}),
+    ):
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert exited.value.code == names.EXIT_PREEMPTED
+    assert _committed_steps(manager.store) == [3]
+
+
+def test_save_on_sigterm_is_refused_under_a_process_group(tmp_path: Path) -> None:
+    from tests.sdk.ranks import run_ranks
+
+    store = f"file://{tmp_path}/run"
+
+    def body(rank: int) -> str:
+        manager = CheckpointManager(store, registry=None)
+        try:
+            with save_on_sigterm(manager, lambda: {"step": 1}):
+                return "entered"
+        except RuntimeError as exc:
+            return str(exc)
+
+    results = run_ranks(2, body, tmp_path / "ranks", timeout_s=30).ok()
+    assert all("single-process only" in r for r in results), results

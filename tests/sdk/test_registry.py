@@ -105,3 +105,16 @@ def test_connect_without_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     assert KubeRegistry.connect("ns") is None
+
+
+def test_checkpoint_body_carries_world_size_and_shards() -> None:
+    from ckpt_operator.kube.objects import checkpoint_body
+
+    name = CheckpointName(10, 1, "dir")
+    spec = checkpoint_body("r", name, world_size=4, shards=4)["spec"]
+    assert (spec["worldSize"], spec["shards"]) == (4, 4)
+    assert "worldSize" not in checkpoint_body("r", name)["spec"]  # a single process's
+    api = FakeCustom()
+    KubeRegistry("ns", api, None).register(CheckpointRecord("r", name, {}, 4, 4))
+    registered = api.calls[-1][1][4]["spec"]
+    assert (registered["worldSize"], registered["shards"]) == (4, 4)

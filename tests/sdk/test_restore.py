@@ -82,9 +82,6 @@ def _corrupt(store: Store, rel: str, how: str) -> str:
         with open(root / "state.safetensors", "r+b") as f:
             f.truncate(10)
         return "state.safetensors"
-    if how == "no-manifest":
-        (root / MANIFEST_NAME).unlink()
-        return MANIFEST_NAME
     (root / "state.json").unlink()
     return "state.json"
 
@@ -94,7 +91,6 @@ def _corrupt(store: Store, rel: str, how: str) -> str:
     [
         ("dir", "flip"),
         ("dir", "truncate"),
-        ("dir", "no-manifest"),
         ("tar", "flip"),
         ("tar", "truncate"),
     ],
@@ -170,7 +166,10 @@ def test_from_env_contract(tmp_path: Path) -> None:
     assert manager.candidates() == cands
     assert env_candidates({**env, "CKPT_RESUME_CANDIDATES": ""}) == cands[:1]
     assert env_candidates({"CKPT_RUN": "r"}) is None  # no candidates given: scan the store
-    assert env_candidates({"CKPT_RUN": "r", "CKPT_RESUME_CANDIDATES": "[]"}) is None
+    # the operator chose nothing: start from scratch, never scan what it did not verify
+    assert env_candidates({"CKPT_RUN": "r", "CKPT_RESUME_CANDIDATES": "[]"}) == []
+    assert env_candidates({"CKPT_RESUME_FROM": "", "CKPT_RESUME_CANDIDATES": ""}) == []
+    assert env_candidates({"CKPT_RESUME_FROM": cands[0]}) == cands[:1]
     assert env_candidates({}) is None  # no operator: scan the store
     with pytest.raises(ValueError, match="JSON list"):
         env_candidates({"CKPT_RESUME_CANDIDATES": '{"a": 1}'})
@@ -185,8 +184,9 @@ def test_unpicklable_extra_is_refused_by_name(file_store: Store) -> None:
     assert file_store.list_entries() == []  # refused while staging: nothing written
 
 
-def test_a_run_given_no_candidates_scans_the_store(tmp_path: Path) -> None:
-    """An attached workload's webhook may hand over no candidates: the store still has them."""
+def test_an_explicit_empty_candidate_list_starts_from_scratch(tmp_path: Path) -> None:
+    """``[]`` is the operator's answer (nothing verified, or all Invalid or being deleted):
+    the store's checkpoints must not be loaded behind its back."""
     store = f"file://{tmp_path}/run"
     _save_steps(Store.from_uri(store), "dir")
     env = {
@@ -196,6 +196,18 @@ def test_a_run_given_no_candidates_scans_the_store(tmp_path: Path) -> None:
         "CKPT_RESUME_FROM": "",
         "CKPT_RESUME_CANDIDATES": "[]",
     }
+    manager = CheckpointManager.from_env(env, registry=None)
+    assert manager.candidates() == []
+    model = _model(0)
+    assert manager.restore(model=model) is None
+    assert torch.equal(model.weight, torch.zeros_like(model.weight))
+
+
+def test_a_run_given_no_candidate_variable_scans_the_store(tmp_path: Path) -> None:
+    """A pod that bypassed the webhook has no CKPT_RESUME_CANDIDATES: the store still has them."""
+    store = f"file://{tmp_path}/run"
+    _save_steps(Store.from_uri(store), "dir")
+    env = {"CKPT_STORE": store, "CKPT_RUN": "r", "CKPT_ATTEMPT": "2"}
     model = _model(0)
     assert CheckpointManager.from_env(env, registry=None).restore(model=model) == 30
     assert torch.equal(model.weight, torch.full_like(model.weight, 30))
@@ -294,3 +306,28 @@ def test_a_listed_file_not_found_is_no_proof_of_damage(file_store: Store) -> Non
     assert only_damaged.restore(model=_model(0)) is None  # a proven mismatch: no error
     [(name, _)] = registry.invalid
     assert name == "r-step-10-a1"
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_a_missing_manifest_is_unreadable_for_the_trainer_and_invalid_for_the_operator(
+    file_store: Store,
+) -> None:
+    from ckpt_operator.storage.manifest import verify
+
+    registry = FakeRegistry()
+    uris = _save_steps(file_store, "dir")
+    newest = file_store.rel_from_uri(uris[-1])
+    Path(file_store.resolve(newest), MANIFEST_NAME).unlink()
+    manager = CheckpointManager(
+        file_store, run="r", registry=registry, resume_candidates=list(reversed(uris))
+    )
+    assert manager.restore(model=_model(0)) == 20
+    assert registry.invalid == []  # deleted meanwhile, or not yet visible: never blamed
+    only_missing = CheckpointManager(
+        file_store, run="r", registry=registry, resume_candidates=[uris[-1]]
+    )
+    with pytest.raises(CandidatesUnreadableError):
+        only_missing.restore(model=_model(0))
+    assert registry.invalid == []
+    result = verify(file_store, newest, "full")  # the operator's check: Invalid, as before
+    assert not result.ok and "missing" in result.reason

@@ -34,9 +34,13 @@ def checkpoint_body(
     *,
     metrics: Mapping[str, float] | None = None,
     owner_uid: str | None = None,
+    world_size: int | None = None,
+    shards: int | None = None,
 ) -> dict[str, Any]:
     """The Checkpoint object recording ``name`` of ``run``; owned by the run when its uid is
-    known (an ownerless one gets its owner reference when the operator verifies it)."""
+    known (an ownerless one gets its owner reference when the operator verifies it).
+    ``world_size`` and ``shards`` (``spec.worldSize``, ``spec.shards``) describe a checkpoint
+    written by several ranks; left out when None, as for a single process's."""
     metadata: dict[str, Any] = {
         "name": name.object_name(run),
         "labels": {
@@ -57,6 +61,10 @@ def checkpoint_body(
     }
     if metrics:
         spec["metrics"] = {key: float(value) for key, value in metrics.items()}
+    if world_size is not None:
+        spec["worldSize"] = world_size
+    if shards is not None:
+        spec["shards"] = shards
     return {
         "apiVersion": names.API_VERSION,
         "kind": "Checkpoint",

@@ -24,6 +24,11 @@ class CollectiveError(RuntimeError):
     """A peer died or the group timed out during a checkpoint collective."""
 
 
+def in_process_group() -> bool:
+    """Whether ``torch.distributed`` runs more than one rank (so checkpoints are collective)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 class Collective:
     """A gloo group over every rank of the default process group."""
 
@@ -42,7 +47,7 @@ class Collective:
         Collective itself: every rank must call it at the same point (the SDK does so from
         the caller's thread, before any asynchronous work starts).
         """
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not in_process_group():
             return None
         timeout = timedelta(seconds=timeout_s)
         group = dist.new_group(backend="gloo", timeout=timeout)

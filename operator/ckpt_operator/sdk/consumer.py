@@ -10,16 +10,18 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from ckpt_operator.api import names
 from ckpt_operator.api.names import ANNOTATION_LOADED_STEP, Format
-from ckpt_operator.sdk.export import load_tensors
+from ckpt_operator.sdk.export import load_export_tensors
 from ckpt_operator.sdk.manager import Stateful
 from ckpt_operator.sdk.registry import KubeRegistry, Registry
 from ckpt_operator.sdk.safetar import safe_extract
@@ -29,6 +31,8 @@ from ckpt_operator.storage.manifest import scan
 from ckpt_operator.storage.store import Store, as_store
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Stateful)
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,8 @@ class Consumer:
 
     def _scan_latest(self) -> WeightsRef | None:
         """Without a cluster: the newest committed weights checkpoint whose sizes check out."""
-        names = [n for n in map(parse_committed, self.store.list_entries()) if n is not None]
+        found = map(parse_committed, self.store.list_entries())
+        names = [n for n in found if n is not None and n.kind == "weights"]  # by name: no I/O
         for name in sorted(names, key=lambda n: (n.step, n.attempt), reverse=True):
             try:
                 manifest, _ = scan(self.store, name.path, checksums=False)
@@ -126,30 +131,78 @@ class Consumer:
         Only when all of that succeeded does it become :attr:`loaded` (and :attr:`config`).
         """
         ref = self._resolve(ref)
-        _, buffers = read_files(self.store, ref.path, verify=verify)
-        tensors = load_tensors(buffers, ref.path)
-        config = buffers.get(CONFIG_FILE)
-        parsed = json.loads(config.numpy().tobytes()) if config is not None else {}
+        tensors, config = self._read(ref, verify)
         if model is not None:
             model.load_state_dict(tensors)
-        self.config, self.loaded = parsed, ref
+        self.config, self.loaded = config, ref
         return tensors
+
+    def load_model(
+        self,
+        build: Callable[[dict[str, Any]], M],
+        ref: WeightsRef | None = None,
+        *,
+        verify: bool = True,
+    ) -> M:
+        """Like :meth:`load_weights`, into a fresh model ``build(config)`` makes from the
+        export's ``config.json``; returns it. Only once the model holds the weights do they
+        become :attr:`loaded`: a config the model cannot be built from, or weights that do not
+        fit it, leave :attr:`loaded` (what :meth:`report_loaded` reports) as it was."""
+        ref = self._resolve(ref)
+        tensors, config = self._read(ref, verify)
+        model = build(config)
+        model.load_state_dict(tensors)
+        self.config, self.loaded = config, ref
+        return model
+
+    def _read(
+        self, ref: WeightsRef, verify: bool
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        _, buffers = read_files(self.store, ref.path, verify=verify)
+        tensors = load_export_tensors(buffers, ref.path)
+        config = buffers.get(CONFIG_FILE)
+        parsed = json.loads(config.numpy().tobytes()) if config is not None else {}
+        return tensors, parsed
 
     def fetch(self, dest: str, ref: WeightsRef | None = None) -> WeightsRef:
         """Verify ``ref`` and materialise it as a plain local directory an inference server
-        can load (tars are extracted safely)."""
+        can load (tars are extracted safely).
+
+        The files go to a fresh temporary directory beside ``dest``, which then replaces
+        ``dest`` as a whole: nothing of an earlier fetch (a ``model.safetensors`` beside new
+        shards) survives, and a failed fetch leaves ``dest`` as it was. When ``dest`` is a
+        mount point (a volume mounted there), which cannot be renamed, the files are staged
+        inside it and replace its contents instead, entry by entry (not in one step).
+        """
         ref = self._resolve(ref)
         manifest, _ = scan(self.store, ref.path, checksums=True)
-        os.makedirs(dest, exist_ok=True)
-        if ref.format == "tar":
-            with self.store.open(ref.path) as f:
-                safe_extract(f, dest)
-        else:
-            for entry in manifest.files:
-                target = os.path.join(dest, entry.path)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with self.store.open(f"{ref.path}/{entry.path}") as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, 16 << 20)
+        dest = os.path.abspath(dest)
+        parent, base = os.path.split(dest)
+        mounted = os.path.ismount(dest)
+        os.makedirs(parent, exist_ok=True)
+        where = dest if mounted else parent
+        staging = os.path.join(where, f".{base}.fetch-{uuid.uuid4().hex[:12]}")
+        os.mkdir(staging)  # not mkdtemp: its mode 0700 would hide it from a server's user
+        try:
+            if ref.format == "tar":
+                with self.store.open(ref.path) as f:
+                    safe_extract(f, staging)
+            else:
+                for entry in manifest.files:
+                    target = os.path.join(staging, entry.path)
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    with (
+                        self.store.open(f"{ref.path}/{entry.path}") as src,
+                        open(target, "wb") as out,
+                    ):
+                        shutil.copyfileobj(src, out, 16 << 20)
+            if mounted:
+                _replace_contents(staging, dest)
+            else:
+                _replace_dir(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return ref
 
     def report_loaded(self, step: int | None = None) -> bool:
@@ -178,3 +231,45 @@ class Consumer:
         beat = datetime.now(UTC).isoformat(timespec="microseconds")
         annotations = {ANNOTATION_LOADED_STEP: str(step), names.ANNOTATION_HEARTBEAT: beat}
         return self.registry.annotate_pod(self.pod, annotations)
+
+
+def _replace_dir(new: str, dest: str) -> None:
+    """Put directory ``new`` at ``dest``, replacing what is there (renames in one directory).
+
+    POSIX has no atomic exchange of two directories: the old one is first renamed aside, so
+    for an instant ``dest`` is absent (never partly written); it is restored if the second
+    rename fails, and removed after.
+    """
+    if not os.path.lexists(dest):
+        os.rename(new, dest)
+        return
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.old-", dir=os.path.dirname(dest))
+    aside = os.path.join(old, "dir")
+    os.rename(dest, aside)
+    try:
+        os.rename(new, dest)
+    except BaseException:
+        os.rename(aside, dest)
+        raise
+    finally:
+        if os.path.isdir(aside) and not os.path.islink(aside):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if os.path.lexists(aside):
+                os.unlink(aside)
+            os.rmdir(old)
+
+
+def _replace_contents(staging: str, dest: str) -> None:
+    """Make mount point ``dest`` hold exactly what its subdirectory ``staging`` holds."""
+    keep = os.path.basename(staging)
+    for entry in os.listdir(dest):
+        if entry != keep:
+            path = os.path.join(dest, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+    for entry in os.listdir(staging):
+        os.rename(os.path.join(staging, entry), os.path.join(dest, entry))
+    os.rmdir(staging)

@@ -49,8 +49,14 @@ from torch.futures import Future
 
 from ckpt_operator.sdk.writer import open_sink
 from ckpt_operator.storage.layout import CheckpointName
-from ckpt_operator.storage.manifest import FileEntry, Manifest, check_entry, new_hasher
-from ckpt_operator.storage.store import Store
+from ckpt_operator.storage.manifest import (
+    FileEntry,
+    Manifest,
+    VerifyError,
+    check_entry,
+    new_hasher,
+)
+from ckpt_operator.storage.store import Store, StoreError
 
 METADATA_FILE = ".metadata"
 SAFE_METADATA: list[Any] = [
@@ -216,20 +222,44 @@ def load_metadata(data: bytes) -> md.Metadata:
     return metadata
 
 
-class _VerifyingFileSystem(FileSystem):
-    """Reads whole files, checked against the manifest, before DCP parses anything in them."""
+def _check_file_name(where: str, name: str) -> None:
+    """A file DCP's metadata names must be a plain file name inside the checkpoint."""
+    separators = {"/", "\\", os.sep, os.altsep or "/"}
+    if name in ("", ".", "..") or any(sep in name for sep in separators) or "\0" in name:
+        raise VerifyError(f"{where}: DCP metadata names file {name!r}, outside the checkpoint")
 
-    def __init__(self, manifest: Manifest, where: str) -> None:
+
+class _VerifyingFileSystem(FileSystem):
+    """Reads whole files, checked against the manifest, before DCP parses anything in them.
+
+    The names come from ``.metadata`` (``relative_path``), i.e. from the checkpoint itself:
+    only plain file names in the checkpoint's directory are read, through the store (which
+    refuses symlinks out of it), never a path torch builds from them.
+    """
+
+    def __init__(self, manifest: Manifest, store: Store, rel_path: str) -> None:
         self._entries = {entry.path: entry for entry in manifest.files}
-        self._where = where
+        self._store = store
+        self._where = rel_path
+        self._dir = os.path.normpath(store.resolve(rel_path))
+
+    def concat_path(self, path: str | os.PathLike[str], suffix: str) -> str:
+        _check_file_name(self._where, suffix)
+        return os.path.join(path, suffix)
 
     def read_verified(self, path: str | os.PathLike[str]) -> bytes:
-        name = Path(path).name
+        directory, name = os.path.split(os.fspath(path))
+        _check_file_name(self._where, name)
+        if os.path.normpath(directory) != self._dir:
+            raise VerifyError(f"{self._where}: DCP asked for {os.fspath(path)!r}, outside it")
         entry = self._entries.get(name)
         if entry is None:
             raise pickle.UnpicklingError(f"{self._where}/{name} is not listed in the manifest")
-        with open(path, "rb") as f:
-            data = f.read()
+        try:
+            with self._store.open(f"{self._where}/{name}") as f:
+                data = f.read()
+        except StoreError as exc:  # a symlink out of the store
+            raise VerifyError(f"{self._where}/{name}: {exc}") from exc
         hasher = new_hasher()
         hasher.update(data)
         check_entry(f"{self._where}/{name}", entry, len(data), hasher.hexdigest())
@@ -243,17 +273,24 @@ class _VerifyingFileSystem(FileSystem):
 
 
 class _WeightsOnlyBytes:
-    """The planner, except that non-tensor items must load weights-only before it sees them."""
+    """The planner, except that non-tensor items must load weights-only before it sees them;
+    also tells ``reader`` once anything is about to be written into the caller's state."""
 
-    def __init__(self, planner: LoadPlanner) -> None:
+    def __init__(self, planner: LoadPlanner, reader: CheckpointReader) -> None:
         self._planner = planner
+        self._reader = reader
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._planner, name)
 
+    def resolve_tensor(self, read_item: Any) -> torch.Tensor:
+        self._reader.wrote = True  # torch copies into what this returns
+        return self._planner.resolve_tensor(read_item)
+
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
         torch.load(value, weights_only=True)  # raises on anything but plain data and tensors
         value.seek(0)
+        self._reader.wrote = True
         self._planner.load_bytes(read_item, value)
 
 
@@ -262,14 +299,24 @@ class CheckpointReader(FileSystemReader):
 
     def __init__(self, store: Store, rel_path: str, manifest: Manifest) -> None:
         super().__init__(store.resolve(rel_path))
-        self.fs: _VerifyingFileSystem = _VerifyingFileSystem(manifest, rel_path)
+        self.fs: _VerifyingFileSystem = _VerifyingFileSystem(manifest, store, rel_path)
+        self._rel_path = rel_path
+        self.wrote = False
+        """Whether loading began writing into the caller's state dict (so a failure leaves
+        it partly overwritten)."""
         self._metadata: md.Metadata | None = None
 
     def check_metadata(self) -> md.Metadata:
         """Verify and load ``.metadata``, raising its own error (DCP would rewrap it)."""
         if self._metadata is None:
             data = self.fs.read_verified(os.path.join(self.path, METADATA_FILE))
-            self._metadata = load_metadata(data)
+            metadata = load_metadata(data)
+            for info in (metadata.storage_data or {}).values():
+                name = info.relative_path if isinstance(info, _StorageInfo) else None
+                if not isinstance(name, str):
+                    raise VerifyError(f"{self._rel_path}: DCP metadata holds no file name")
+                _check_file_name(self._rel_path, name)
+            self._metadata = metadata
         return self._metadata
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> md.Metadata:
@@ -281,4 +328,4 @@ class CheckpointReader(FileSystemReader):
         return metadata
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
-        return super().read_data(plan, cast(LoadPlanner, _WeightsOnlyBytes(planner)))
+        return super().read_data(plan, cast(LoadPlanner, _WeightsOnlyBytes(planner, self)))

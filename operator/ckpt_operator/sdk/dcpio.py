@@ -32,6 +32,7 @@ from ckpt_operator.storage.layout import CheckpointName, parse_committed
 from ckpt_operator.storage.manifest import (
     Manifest,
     ManifestError,
+    ManifestMissingError,
     UnreadableError,
     VerifyError,
     read_manifest,
@@ -43,6 +44,12 @@ if TYPE_CHECKING:
 
 _BAD_DATA = (VerifyError, ManifestError, pickle.UnpicklingError)
 """Failures that prove a candidate damaged (access errors are retried; the rest: raised)."""
+
+
+class PartlyLoadedError(RuntimeError):
+    """A candidate failed after loading had begun writing into the state dict, and no other
+    candidate loaded: the state is partly overwritten, so it must not be trained on as if
+    starting from scratch. Rebuild the state (or restart the process) and restore again."""
 
 
 def _dist_args(coll: Collective | None) -> dict[str, Any]:
@@ -115,23 +122,37 @@ def restore(
     manager: CheckpointManager, state_dict: dict[str, Any], *, planner: Any = None
 ) -> int | None:
     """Load the newest DCP candidate that verifies into ``state_dict`` (in place, resharded to
-    this job's ranks) and return its step; None when none does."""
+    this job's ranks) and return its step; None when none does (``state_dict`` untouched).
+
+    A candidate that fails after loading began writing into ``state_dict`` (a shard damaged
+    after others loaded) is skipped like any other; if then none loads,
+    :class:`PartlyLoadedError` is raised instead of returning None, since the state is no
+    longer the fresh one the caller would start from."""
     manager.wait()
     coll = manager.collective()
     unreadable: dict[str, str] = {}
+    overwritten: dict[str, str] = {}  # candidates that failed after writing into state_dict
     for uri in manager.candidates():
-        read = partial(_load, manager, uri, state_dict, coll, planner)
+        wrote: list[bool] = []
+        read = partial(_load, manager, uri, state_dict, coll, planner, wrote)
         outcome, _ = manager.read_candidate(uri, read)
         if outcome.fatal:
             raise ValueError(f"cannot resume from {uri}: {outcome.reason}")
         if not outcome.ok:
             if outcome.unreadable:
                 unreadable[uri] = outcome.reason
+            if any(wrote):
+                overwritten[uri] = outcome.reason
             manager.reject(uri, outcome)
             continue
         name = parse_committed(uri)
         assert name is not None
         return name.step
+    if overwritten:
+        listed = "; ".join(f"{uri}: {reason}" for uri, reason in overwritten.items())
+        raise PartlyLoadedError(
+            f"no candidate loaded, and the state dict is partly overwritten by: {listed}"
+        )
     if unreadable:
         raise CandidatesUnreadableError(unreadable)
     return None
@@ -143,8 +164,9 @@ def _load(
     state_dict: dict[str, Any],
     coll: Collective | None,
     planner: Any,
+    wrote: list[bool],
 ) -> tuple[Outcome, None]:
-    return _outcome(manager, uri, state_dict, coll, planner), None
+    return _outcome(manager, uri, state_dict, coll, planner, wrote), None
 
 
 def _outcome(
@@ -153,6 +175,23 @@ def _outcome(
     state_dict: dict[str, Any],
     coll: Collective | None,
     planner: Any,
+    wrote: list[bool],
+) -> Outcome:
+    """Load ``uri`` into ``state_dict``; appends to ``wrote`` whether that began writing."""
+    readers: list[CheckpointReader] = []
+    try:
+        return _read_into(manager, uri, state_dict, coll, planner, readers)
+    finally:
+        wrote.append(any(r.wrote for r in readers))
+
+
+def _read_into(
+    manager: CheckpointManager,
+    uri: str,
+    state_dict: dict[str, Any],
+    coll: Collective | None,
+    planner: Any,
+    readers: list[CheckpointReader],
 ) -> Outcome:
     try:
         rel = manager.store.rel_from_uri(uri)
@@ -163,9 +202,10 @@ def _outcome(
         return Outcome(False, "not a full DCP checkpoint; not loaded here")
     try:
         reader = CheckpointReader(manager.store, rel, read_manifest(manager.store, rel))
+        readers.append(reader)
         reader.check_metadata()
         dcp_load(state_dict, storage_reader=reader, planner=planner, **_dist_args(coll))
-    except UnreadableError as exc:
+    except (UnreadableError, ManifestMissingError) as exc:  # missing is not damaged
         return Outcome(False, str(exc), unreadable=True)
     except _BAD_DATA as exc:
         return Outcome(False, str(exc), invalid=True)

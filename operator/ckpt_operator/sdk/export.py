@@ -170,7 +170,7 @@ def stage_hf(
     return staged
 
 
-def load_tensors(buffers: Mapping[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+def load_export_tensors(buffers: Mapping[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
     """Every tensor of an export read into ``buffers``: one file, or the shards its index
     names (only files of this checkpoint, only safetensors)."""
     if MODEL_FILE in buffers:

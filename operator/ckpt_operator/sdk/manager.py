@@ -16,13 +16,12 @@ import torch
 from ckpt_operator.api import names
 from ckpt_operator.api.names import Format
 from ckpt_operator.sdk.asyncsave import AsyncWriter
-from ckpt_operator.sdk.collective import DEFAULT_TIMEOUT_S, Collective
+from ckpt_operator.sdk.collective import DEFAULT_TIMEOUT_S, Collective, in_process_group
 from ckpt_operator.sdk.export import DEFAULT_MAX_SHARD_SIZE, config_dict, stage_hf
 from ckpt_operator.sdk.registry import CheckpointRecord, KubeRegistry, Registry
 from ckpt_operator.sdk.sharded import Outcome, agree, load_part, write_sharded
 from ckpt_operator.sdk.state import (
     Staged,
-    StateError,
     rng_state,
     set_rng_state,
     stage_full,
@@ -64,22 +63,24 @@ class CandidatesUnreadableError(RuntimeError):
 
 
 def env_candidates(env: Mapping[str, str]) -> list[str] | None:
-    """Resume candidates the operator handed over; None when there are none to try.
+    """Resume candidates the operator handed over; None when it handed over nothing at all.
 
-    None makes :meth:`CheckpointManager.restore` scan the store: an attached workload's pods
-    may get no candidates (webhook bypassed, or checkpoints not yet verified), and the
-    committed checkpoints in the store are still better than starting from scratch.
+    The operator always sets ``CKPT_RESUME_CANDIDATES`` (to ``[]`` when it chose nothing: no
+    checkpoint verified, or all are Invalid or being deleted), and then the run starts from
+    scratch: an explicit empty list is never widened to a scan of the store, which would resume
+    from checkpoints the operator rejected or has not verified. Only when the variable is absent
+    (an attached workload whose webhook was bypassed, or no operator at all) does this return
+    None, which makes :meth:`CheckpointManager.restore` scan the store.
     """
-    raw = env.get(names.ENV_RESUME_CANDIDATES, "").strip()
-    if raw:
-        candidates = json.loads(raw)
-        if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
-            raise ValueError(f"{names.ENV_RESUME_CANDIDATES} must be a JSON list of URIs")
-        if candidates:
-            return candidates
-    if env.get(names.ENV_RESUME_FROM):
+    if names.ENV_RESUME_CANDIDATES not in env:
+        return [env[names.ENV_RESUME_FROM]] if env.get(names.ENV_RESUME_FROM) else None
+    raw = env[names.ENV_RESUME_CANDIDATES].strip()
+    candidates = json.loads(raw) if raw else []
+    if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
+        raise ValueError(f"{names.ENV_RESUME_CANDIDATES} must be a JSON list of URIs")
+    if not candidates and env.get(names.ENV_RESUME_FROM):
         return [env[names.ENV_RESUME_FROM]]
-    return None
+    return candidates
 
 
 class CheckpointManager:
@@ -140,9 +141,14 @@ class CheckpointManager:
 
     @property
     def is_leader(self) -> bool:
-        """True on the rank that commits and registers checkpoints (rank 0, or no group)."""
-        coll = self.collective()
-        return coll is None or coll.is_leader
+        """True on the rank that commits and registers checkpoints (rank 0, or no group).
+
+        Never makes the SDK's group itself (that is collective): rank 0 alone may ask, e.g.
+        from :meth:`export_weights` called on rank 0 only before any save or restore.
+        """
+        if self._coll_ready:
+            return self._coll is None or self._coll.is_leader
+        return not in_process_group() or torch.distributed.get_rank() == 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> CheckpointManager:
@@ -182,18 +188,19 @@ class CheckpointManager:
         """
         coll = self.collective()
         name = CheckpointName(step, self.attempt, self.format)
-        trees = {
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng_state(),
-            "extra": extra,
-        }
         try:
+            trees = {
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": rng_state(),
+                "extra": extra,
+            }
             staged = stage_full(step, model=_state_dict(model), trees=trees, copy=not blocking)
-        except StateError as exc:
+        except Exception as exc:
             if coll is not None:  # the other ranks wait for this one: fail them too
+                reason = f"{type(exc).__name__}: {exc}"
                 with contextlib.suppress(Exception):
-                    self._submit(name, Staged({}), metrics, blocking=True, error=str(exc))
+                    self._submit(name, Staged({}), metrics, blocking=True, error=reason)
             raise
         return self._submit(name, staged, metrics, blocking)
 
@@ -244,7 +251,9 @@ class CheckpointManager:
 
     def restore_dcp(self, state_dict: dict[str, Any], *, planner: Any = None) -> int | None:
         """Load the newest DCP checkpoint that verifies into ``state_dict`` in place (any
-        world size: DCP reshards) and return its step; None when none does."""
+        world size: DCP reshards) and return its step; None when none does. Raises
+        :class:`~ckpt_operator.sdk.dcpio.PartlyLoadedError` when none does but a failed one
+        had already overwritten part of ``state_dict``."""
         from ckpt_operator.sdk import dcpio
 
         return dcpio.restore(self, state_dict, planner=planner)
@@ -321,20 +330,32 @@ class CheckpointManager:
         """
         coll = self.collective()
         if coll is not None and not coll.is_leader:
-            return list(coll.broadcast(None)["candidates"])
-        if self.resume_candidates is not None:
-            found = list(self.resume_candidates)
-        else:
-            names = [n for n in map(parse_committed, self.store.list_entries()) if n is not None]
-            names.sort(key=lambda n: (n.step, n.attempt), reverse=True)
-            found = []
-            for n in names:
-                try:
-                    found.append(self.store.uri(n.path))
-                except PathEscapeError as exc:  # e.g. a symlink out of the store: never read
-                    log.warning("skipping store entry %s: %s", n.path, exc)
+            message = coll.broadcast(None)
+            if "error" in message:  # rank 0 could not list them: fail with it, never wait
+                raise RuntimeError(f"no resume candidates: rank 0 failed: {message['error']}")
+            return list(message["candidates"])
+        try:
+            found = self._leader_candidates()
+        except Exception as exc:
+            if coll is not None:
+                with contextlib.suppress(Exception):
+                    coll.broadcast({"error": f"{type(exc).__name__}: {exc}"})
+            raise
         if coll is not None:
             coll.broadcast({"candidates": found})
+        return found
+
+    def _leader_candidates(self) -> list[str]:
+        if self.resume_candidates is not None:
+            return list(self.resume_candidates)
+        names = [n for n in map(parse_committed, self.store.list_entries()) if n is not None]
+        names.sort(key=lambda n: (n.step, n.attempt), reverse=True)
+        found = []
+        for n in names:
+            try:
+                found.append(self.store.uri(n.path))
+            except PathEscapeError as exc:  # e.g. a symlink out of the store: never read
+                log.warning("skipping store entry %s: %s", n.path, exc)
         return found
 
     def restore(

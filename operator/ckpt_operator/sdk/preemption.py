@@ -5,6 +5,12 @@ kubelet sends SIGTERM and waits ``terminationGracePeriodSeconds`` before SIGKILL
 done since the last periodic checkpoint is lost unless it is saved in that window. The exit
 code (``names.EXIT_PREEMPTED``) tells the operator the attempt was stopped and saved, so its
 default restart rule counts it as a preemption instead of spending the restart budget.
+
+Single process only: under a ``torch.distributed`` process group a save is collective, and
+the ranks of a job get their SIGTERMs at different times (each pod's kubelet sends its own),
+so ranks would enter the save at different points of training and wait for each other until
+the collective timeout. :func:`save_on_sigterm` refuses to start there; distributed jobs rely
+on their periodic checkpoints.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ckpt_operator.api import names
+from ckpt_operator.sdk.collective import in_process_group
+from ckpt_operator.storage.layout import CheckpointName
 
 if TYPE_CHECKING:
     from ckpt_operator.sdk.manager import CheckpointManager
@@ -68,9 +76,18 @@ class PreemptionNotice:
             self._save_and_exit()
 
     def _save_and_exit(self) -> None:
-        self._manager.wait()  # an asynchronous save in flight is committed first
-        uri = self._manager.save(**self._state_fn(), blocking=True)
-        self._manager.close()
+        manager = self._manager
+        manager.wait()  # an asynchronous save in flight is committed first
+        state = dict(self._state_fn())
+        name = CheckpointName(int(state["step"]), manager.attempt, manager.format)
+        if manager.store.exists(name.path):
+            # A periodic save already committed this step (SIGTERM came before the next
+            # step ended): saving again would fail with CheckpointExistsError, a crash.
+            uri = manager.store.uri(name.path)
+            log.warning("%s is already saved: nothing to save", uri)
+        else:
+            uri = manager.save(**state, blocking=True)
+        manager.close()
         assert self.received_at is not None
         took = time.monotonic() - self.received_at
         log.warning("saved %s %.1f s after SIGTERM; exiting %d", uri, took, self._exit_code)
@@ -89,8 +106,17 @@ def save_on_sigterm(
     ``state_fn`` should describe the last completed step (keep the step it returns in step
     with the model). Installs the handler on entry and restores the previous one on exit;
     call it from the main thread (Python delivers signals only there). A failed save raises
-    as usual: the attempt then ends as a crash, not as a preemption.
+    as usual: the attempt then ends as a crash, not as a preemption. When the step is already
+    committed (a periodic save of it), nothing is saved and the exit code is the same.
+
+    Single process only: under a ``torch.distributed`` group of more than one rank it raises
+    :class:`RuntimeError` (see the module's documentation).
     """
+    if in_process_group():
+        raise RuntimeError(
+            "save_on_sigterm is single-process only: under torch.distributed a save is "
+            "collective and the ranks get SIGTERM at different times; rely on periodic saves"
+        )
     notice = PreemptionNotice(manager, state_fn, exit_code)
     previous = signal.signal(signal.SIGTERM, notice._on_signal)
     try:

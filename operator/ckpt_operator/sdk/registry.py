@@ -106,11 +106,13 @@ class KubeRegistry:
 
     def register(self, record: CheckpointRecord) -> None:
         body = checkpoint_body(
-            record.run, record.name, metrics=record.metrics, owner_uid=self._run_uid(record.run)
+            record.run,
+            record.name,
+            metrics=record.metrics,
+            owner_uid=self._run_uid(record.run),
+            world_size=record.world_size,
+            shards=record.shards,
         )
-        for key, value in (("worldSize", record.world_size), ("shards", record.shards)):
-            if value is not None:
-                body["spec"][key] = value
         try:
             self._custom.create_namespaced_custom_object(
                 names.GROUP,

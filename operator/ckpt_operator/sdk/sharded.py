@@ -33,6 +33,7 @@ from ckpt_operator.storage.layout import CheckpointName, parse_committed
 from ckpt_operator.storage.manifest import (
     FileEntry,
     Manifest,
+    ManifestMissingError,
     UnreadableError,
     VerifyError,
     read_manifest,
@@ -219,7 +220,7 @@ def load_part(
         doc = load_state(buffers)
         model_file = buffers.get(MODEL_FILE)
         model_state = None if model_file is None else load_tensors(model_file, MODEL_FILE)
-    except UnreadableError as exc:
+    except (UnreadableError, ManifestMissingError) as exc:  # missing is not damaged
         return Outcome(False, str(exc), unreadable=True), None
     except (VerifyError, TensorFileError, StateError, ValueError, KeyError) as exc:
         return Outcome(False, str(exc), invalid=True), None

@@ -45,6 +45,12 @@ class ManifestError(ValueError):
     """A manifest is missing, unreadable or inconsistent."""
 
 
+class ManifestMissingError(ManifestError):
+    """The manifest file is not found: the checkpoint was deleted, is not (yet) visible, or was
+    never committed. Still a :class:`ManifestError`, so the operator's verification marks such
+    a checkpoint Invalid as before; a trainer treats it as unreadable, not proven damaged."""
+
+
 def new_hasher() -> xxhash.xxh3_128:
     """The streaming checksum every manifest entry uses."""
     return xxhash.xxh3_128()
@@ -236,7 +242,7 @@ def read_manifest(store: Store, rel_path: str) -> Manifest:
         with store.open(where) as f:
             data = f.read()
     except FileNotFoundError:
-        raise ManifestError(f"{where} is missing (checkpoint not committed)") from None
+        raise ManifestMissingError(f"{where} is missing (checkpoint not committed)") from None
     return Manifest.from_bytes(data, where)
 
 
