@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from ckpt_operator import metrics
 from ckpt_operator.config import OperatorConfig
@@ -23,13 +22,14 @@ from ckpt_operator.kube import client as kube
 from ckpt_operator.kube.objects import checkpoint_body
 from ckpt_operator.policy.orphans import orphan_kind
 from ckpt_operator.storage import layout
-from ckpt_operator.storage.manifest import VerifyError, scan
+from ckpt_operator.storage.manifest import Manifest, VerifyError, scan
 from ckpt_operator.storage.store import PathEscapeError, Store, StoreError
 from ckpt_operator.views.run import RunView
 
 
-def _committed(store: Store, entry: str) -> tuple[layout.CheckpointName, dict[str, Any]] | None:
-    """``(name, metrics)`` of a committed entry; None for anything else."""
+def _committed(store: Store, entry: str) -> tuple[layout.CheckpointName, Manifest | None] | None:
+    """``(name, manifest)`` of a committed entry (no manifest when it cannot be read); None
+    for anything else."""
     name = layout.parse_committed(entry)
     if name is None:
         return None
@@ -40,8 +40,8 @@ def _committed(store: Store, entry: str) -> tuple[layout.CheckpointName, dict[st
     except VerifyError:
         if not store.exists(entry):
             return None  # deleted while we looked
-        return name, {}  # registered anyway: verification marks it Invalid, visibly
-    return name, found.metrics
+        return name, None  # registered anyway: verification marks it Invalid, visibly
+    return name, found
 
 
 @dataclass
@@ -105,7 +105,15 @@ async def register_unknown(
             continue
         if found is None or known(object_name, name.path):
             continue
-        body = checkpoint_body(run.name, found[0], metrics=found[1], owner_uid=run.uid or None)
+        manifest = found[1]
+        body = checkpoint_body(
+            run.name,
+            name,
+            metrics=manifest.metrics if manifest else None,
+            owner_uid=run.uid or None,
+            world_size=manifest.world_size if manifest else None,
+            shards=manifest.shards if manifest else None,
+        )
         if await kube.create_checkpoint(run.namespace, body):
             result.registered += 1
             metrics.CHECKPOINTS_REGISTERED.inc()
