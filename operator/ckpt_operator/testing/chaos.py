@@ -281,10 +281,13 @@ class Chaos:
         return True
 
     def _release_all(self) -> None:
-        for pod in self.observer.snapshot(PODS).values():
-            if HOLD in (meta(pod).get("finalizers") or []):
+        """Release every held pod, as the API server has them now: the observer's snapshot
+        may not have seen the actor's last hold yet, and a pod left held never goes."""
+        pods: Any = self.cluster.core.list_namespaced_pod(self.cluster.ns)
+        for pod in pods.items:
+            if HOLD in (pod.metadata.finalizers or []):
                 try:
-                    self.cluster.release_pod(str(meta(pod)["name"]))
+                    self.cluster.release_pod(pod.metadata.name)
                 except ApiException as exc:
                     if exc.status != 404:
                         raise
