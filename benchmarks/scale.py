@@ -224,81 +224,84 @@ def main() -> None:
             namespaces=[NS],
             allowed_roots=("file:///tmp/",),
         )
-        # 1. baseline: a few runs, a few checkpoints
-        operator.start()
-        small_runs = create_runs(api, "base", 20, stores, pool)
-        small = create_checkpoints(api, small_runs, 200, stores, pool)
-        wait_for(lambda: verified_count(api, "base-") >= 200, 600, "base verified", 1)
-        wait_for(
-            lambda: pods_exist(api, {names.attempt_pod_name(r, 0) for r in small_runs}), 300, "pods"
-        )
-        time.sleep(5)
-        _, figures["requests_per_restart_small"] = restarts(api, small_runs)
-        victims = [ckpts[0] for ckpts in small.values()]
-        _, figures["requests_per_deletion_small"] = deletions(api, victims, pool)
-        operator.stop()
-        log(f"baseline: {figures}")
+        try:
+            # 1. baseline: a few runs, a few checkpoints
+            operator.start()
+            small_runs = create_runs(api, "base", 20, stores, pool)
+            small = create_checkpoints(api, small_runs, 200, stores, pool)
+            wait_for(lambda: verified_count(api, "base-") >= 200, 600, "base verified", 1)
+            small_pods = {names.attempt_pod_name(r, 0) for r in small_runs}
+            wait_for(lambda: pods_exist(api, small_pods), 300, "pods")
+            time.sleep(5)
+            _, figures["requests_per_restart_small"] = restarts(api, small_runs)
+            victims = [ckpts[0] for ckpts in small.values()]
+            _, figures["requests_per_deletion_small"] = deletions(api, victims, pool)
+            operator.stop()
+            log(f"baseline: {figures}")
 
-        # 2. the load, with the operator down
-        started = time.monotonic()
-        runs = create_runs(api, "run", args.runs, stores, pool)
-        by_run = create_checkpoints(api, runs, args.checkpoints, stores, pool)
-        took = time.monotonic() - started
-        log(f"created {args.runs} runs and {args.checkpoints} checkpoints in {took:.0f} s")
+            # 2. the load, with the operator down
+            started = time.monotonic()
+            runs = create_runs(api, "run", args.runs, stores, pool)
+            by_run = create_checkpoints(api, runs, args.checkpoints, stores, pool)
+            took = time.monotonic() - started
+            log(f"created {args.runs} runs and {args.checkpoints} checkpoints in {took:.0f} s")
 
-        # 3. first pass: everything is new to the operator
-        started = time.monotonic()
-        operator.start(timeout=600)
-        wait_for(
-            lambda: verified_count(api, "run-") >= args.checkpoints,
-            7200,
-            "every checkpoint verified",
-            5,
-        )
-        figures["first_pass_verified_s"] = round(time.monotonic() - started, 2)
-        figures["verified_per_s"] = round(args.checkpoints / figures["first_pass_verified_s"], 1)
-        wait_for(
-            lambda: pods_exist(api, {names.attempt_pod_name(r, 0) for r in runs}),
-            1800,
-            "attempt-0 pods",
-            2,
-        )
-        figures["first_pass_all_started_s"] = round(time.monotonic() - started, 2)
-        log(f"first pass: {figures}")
+            # 3. first pass: everything is new to the operator
+            started = time.monotonic()
+            operator.start(timeout=600)
+            wait_for(
+                lambda: verified_count(api, "run-") >= args.checkpoints,
+                7200,
+                "every checkpoint verified",
+                5,
+            )
+            figures["first_pass_verified_s"] = round(time.monotonic() - started, 2)
+            rate = args.checkpoints / figures["first_pass_verified_s"]
+            figures["verified_per_s"] = round(rate, 1)
+            wait_for(
+                lambda: pods_exist(api, {names.attempt_pod_name(r, 0) for r in runs}),
+                1800,
+                "attempt-0 pods",
+                2,
+            )
+            figures["first_pass_all_started_s"] = round(time.monotonic() - started, 2)
+            log(f"first pass: {figures}")
 
-        # 4. restart over what it has handled
-        operator.kill()
-        started = time.monotonic()
-        operator.start(timeout=600)
-        pid = operator.pid
-        figures["live_s"] = round(time.monotonic() - started, 2)
-        first_handled(api, stores)
-        figures["indexes_ready_s"] = round(time.monotonic() - started, 2)
-        figures["rss_after_start_mib"] = round(rss_mib(pid)[0], 1)
-        log(f"restart: {figures}")
-        time.sleep(10)
+            # 4. restart over what it has handled
+            operator.kill()
+            started = time.monotonic()
+            operator.start(timeout=600)
+            pid = operator.pid
+            figures["live_s"] = round(time.monotonic() - started, 2)
+            first_handled(api, stores)
+            figures["indexes_ready_s"] = round(time.monotonic() - started, 2)
+            figures["rss_after_start_mib"] = round(rss_mib(pid)[0], 1)
+            log(f"restart: {figures}")
+            time.sleep(10)
 
-        # 5. restarts under load
-        lat, figures["requests_per_restart"] = restarts(api, runs)
-        figures["restart_p50_s"] = round(percentile(lat, 0.5), 3)
-        figures["restart_p99_s"] = round(percentile(lat, 0.99), 3)
-        figures["restart_mean_s"] = round(statistics.mean(lat), 3)
-        log(f"restarts: {figures}")
+            # 5. restarts under load
+            lat, figures["requests_per_restart"] = restarts(api, runs)
+            figures["restart_p50_s"] = round(percentile(lat, 0.5), 3)
+            figures["restart_p99_s"] = round(percentile(lat, 0.99), 3)
+            figures["restart_mean_s"] = round(statistics.mean(lat), 3)
+            log(f"restarts: {figures}")
 
-        # 6. deletions under load: every run's newest stays (it is protected); the oldest go
-        # first, round robin
-        oldest_first = [
-            ckpts[i]
-            for i in range(max(len(c) for c in by_run.values()))
-            for ckpts in by_run.values()
-            if i < len(ckpts) - 1
-        ]
-        victims = oldest_first[: args.deletions]
-        figures["deletions"] = len(victims)
-        figures["deletions_per_s"], figures["requests_per_deletion"] = deletions(api, victims, pool)
-        current, peak = rss_mib(pid)
-        figures["rss_mib"], figures["rss_peak_mib"] = round(current, 1), round(peak, 1)
-        operator.stop()
+            # 6. deletions under load: every run's newest stays (it is protected); the oldest go
+            # first, round robin
+            oldest_first = [
+                ckpts[i]
+                for i in range(max(len(c) for c in by_run.values()))
+                for ckpts in by_run.values()
+                if i < len(ckpts) - 1
+            ]
+            victims = oldest_first[: args.deletions]
+            figures["deletions"] = len(victims)
+            rate, per_deletion = deletions(api, victims, pool)
+            figures["deletions_per_s"], figures["requests_per_deletion"] = rate, per_deletion
+            current, peak = rss_mib(pid)
+            figures["rss_mib"], figures["rss_peak_mib"] = round(current, 1), round(peak, 1)
+        finally:
+            operator.stop()  # on a failure too: an orphaned operator spins on a dead API
     figures["cpu_count"] = os.cpu_count()
     print(json.dumps(figures), flush=True)
 
