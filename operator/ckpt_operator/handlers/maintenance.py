@@ -22,6 +22,7 @@ from typing import Any
 import kopf
 
 from ckpt_operator import metrics
+from ckpt_operator.api import names
 from ckpt_operator.config import OperatorConfig
 from ckpt_operator.handlers.consumers import consumer_health, run_consumers
 from ckpt_operator.handlers.indexes import CheckpointsByRun, ConsumersByRun, PodsByNamespace
@@ -30,6 +31,7 @@ from ckpt_operator.handlers.selectors import TRAINING_RUNS
 from ckpt_operator.handlers.store_scan import register_unknown, sweep
 from ckpt_operator.kube import client as kube
 from ckpt_operator.policy import retention
+from ckpt_operator.policy.verification import stalled
 from ckpt_operator.storage.open import open_store
 from ckpt_operator.storage.store import StoreError
 from ckpt_operator.views.checkpoint import CheckpointInfo
@@ -75,6 +77,12 @@ async def maintain(
     if time.monotonic() - state.last_scan.get(key, float("-inf")) < config.scan_interval_s:
         return
     state.last_scan[key] = time.monotonic()
+    for checkpoint in stalled(checkpoints, datetime.now(UTC)):
+        logger.warning("checkpoint %s has no verdict yet: verifying it again", checkpoint.name)
+        requested = {names.ANNOTATION_VERIFY_REQUESTED: datetime.now(UTC).isoformat()}
+        await kube.patch_metadata(
+            names.CHECKPOINTS, run.namespace, checkpoint.name, {"annotations": requested}
+        )
     try:
         store = await open_store(
             run.namespace, run.store_uri, run.secret_name, config.allowed_roots
