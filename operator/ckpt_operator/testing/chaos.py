@@ -35,6 +35,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from ckpt_operator.api import names
+from ckpt_operator.api.models import MAX_STEP
 from ckpt_operator.testing import convergence
 from ckpt_operator.testing.checkpoints import write_checkpoint
 from ckpt_operator.testing.cluster import HOLD, Cluster, run_body
@@ -363,9 +364,12 @@ class Chaos:
             time.sleep(0.5)
 
     def tear_down(self) -> None:
-        """Release the consumers, delete every run: nothing may be left behind."""
+        """Release the consumers, delete every run: nothing may be left behind.
+
+        The consumers report the largest step there is: a larger one is no report at all and
+        would hold every checkpoint back until the consumer counts as silent."""
         for run in self.nodes:
-            self.cluster.report(f"c-{run}", 10**12)
+            self.cluster.report(f"c-{run}", MAX_STEP)
         for run in self.nodes:
             self.cluster.delete(run, names.TRAINING_RUNS)
 
