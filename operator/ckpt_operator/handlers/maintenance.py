@@ -25,7 +25,12 @@ from ckpt_operator import metrics
 from ckpt_operator.api import names
 from ckpt_operator.config import OperatorConfig
 from ckpt_operator.handlers.consumers import consumer_health, run_consumers
-from ckpt_operator.handlers.indexes import CheckpointsByRun, ConsumersByRun, PodsByNamespace
+from ckpt_operator.handlers.indexes import (
+    AttemptPods,
+    CheckpointsByRun,
+    ConsumersByRun,
+    PodsByNamespace,
+)
 from ckpt_operator.handlers.runtime import Logger, runtime
 from ckpt_operator.handlers.selectors import TRAINING_RUNS
 from ckpt_operator.handlers.store_scan import register_unknown, sweep
@@ -58,11 +63,13 @@ async def maintain(
     checkpoints_by_run: CheckpointsByRun,
     consumers_by_run: ConsumersByRun,
     pods_by_namespace: PodsByNamespace,
+    attempt_pods: AttemptPods,
     logger: Logger,
     **_: Any,
 ) -> None:
-    run = RunView.from_body(body)
     state = runtime(memo)
+    run = RunView.from_body(body)
+    run = state.protected(run, attempt_pods.get((run.namespace, run.name), []))
     consumers = run_consumers(run, consumers_by_run, pods_by_namespace)
     health = consumer_health(body, run, consumers, status, datetime.now(UTC), state)
     if health is not None:

@@ -42,7 +42,7 @@ from ckpt_operator.policy.resume import Resume
 from ckpt_operator.storage.store import Store, StoreError
 from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.pod import AttemptPod
-from ckpt_operator.views.run import RunKey
+from ckpt_operator.views.run import LIVE_ATTEMPT_PHASES, RunKey
 
 RESYNC_S = 30.0
 """Look again this often even when nothing wakes the controller (a missed watch event)."""
@@ -62,6 +62,7 @@ class RunController:
         wakeups: RunWakeups,
         pod_index: AttemptPods,
         checkpoint_index: CheckpointsByRun,
+        claims: dict[RunKey, frozenset[str]],
         logger: Logger,
     ) -> None:
         self.body = body
@@ -72,6 +73,7 @@ class RunController:
         self.wakeups = wakeups
         self.pod_index = pod_index
         self.checkpoint_index = checkpoint_index
+        self.claims = claims
         self.logger = logger
         self.created: dict[tuple[int, int], tuple[float, Resume]] = {}
         """Workers we created, by (attempt, rank), until the index shows them."""
@@ -210,6 +212,13 @@ class RunController:
                 now=now,
                 invalid=invalid,
             )
+        )
+        # Claimed before the first await: the finalizers see the chosen target as protected
+        # from now on, not only once the status write has been watched back.
+        self.claims[self.key] = frozenset(
+            a.resumed_from.name
+            for a in step.status.attempts
+            if a.phase in LIVE_ATTEMPT_PHASES and a.resumed_from is not None
         )
         for attempt in metrics.transition(status, step.status).failed:
             self.failed_seen.setdefault(attempt, seen)
@@ -366,7 +375,14 @@ async def run_attempts(
     **_: Any,
 ) -> None:
     """Drive the run's attempts until it is deleted (Kopf stops daemons on deletion)."""
+    state = runtime(memo)
     controller = RunController(
-        body, memo.config, runtime(memo).run_wakeups, attempt_pods, checkpoints_by_run, logger
+        body,
+        memo.config,
+        state.run_wakeups,
+        attempt_pods,
+        checkpoints_by_run,
+        state.resume_claims,
+        logger,
     )
     await controller.run(stopped)

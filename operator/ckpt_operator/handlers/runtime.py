@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, cast
 
@@ -18,7 +19,8 @@ import kopf
 
 from ckpt_operator.handlers.wakeups import DeletionSignals, RunWakeups
 from ckpt_operator.views.newest import NewestVerified
-from ckpt_operator.views.run import RunKey
+from ckpt_operator.views.pod import AttemptPod
+from ckpt_operator.views.run import RunKey, RunView
 
 RECENT_S = 600.0
 
@@ -64,6 +66,10 @@ class Runtime:
     """Consumers already reported for an unparseable loaded step, with that value."""
     store_errors: dict[RunKey, str] = field(default_factory=dict)
     """Why each run's store could not be scanned, as last reported."""
+    resume_claims: dict[RunKey, frozenset[str]] = field(default_factory=dict)
+    """Resume targets of each run's live attempts as its controller last decided them, before
+    the status saying so is written and watched back: a finalizer reading only the run's
+    status could delete a target the controller has just chosen (see :meth:`protected`)."""
     indexed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once Kopf has listed every index (handlers run only then): admission waits for it."""
 
@@ -71,8 +77,23 @@ class Runtime:
         """Drop what is kept about a deleted run, so nothing of it outlives it."""
         for per_run in (self.last_scan, self.flagged, self.unsafe, self.bad_reports):
             per_run.pop(key, None)
+        self.resume_claims.pop(key, None)
         self.store_errors.pop(key, None)
         self.newest.forget(key)
+
+    def protected(self, run: RunView, pods: Iterable[AttemptPod]) -> RunView:
+        """``run`` with every live resume target: those its status records, those its
+        controller has chosen but not yet recorded, and those its live workers were created
+        with (a status write lost to a crash). Decisions and writes interleave at awaits;
+        these three together leave no window in which a chosen target is unprotected."""
+        in_pods = {
+            p.resumed_from.name
+            for p in pods
+            if p.resumed_from is not None and p.live and not p.terminating
+        }
+        claimed = self.resume_claims.get((run.namespace, run.name), frozenset())
+        targets = run.resume_targets | claimed | in_pods
+        return run if targets == run.resume_targets else replace(run, resume_targets=targets)
 
 
 def runtime(memo: kopf.Memo) -> Runtime:

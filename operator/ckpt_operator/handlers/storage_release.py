@@ -24,6 +24,7 @@ from ckpt_operator import metrics
 from ckpt_operator.api import conditions, names
 from ckpt_operator.handlers.consumers import run_consumers
 from ckpt_operator.handlers.indexes import (
+    AttemptPods,
     CheckpointsByFiles,
     CheckpointsByName,
     ConsumersByRun,
@@ -61,6 +62,7 @@ async def release_storage(
     retry: int,
     patch: kopf.Patch,
     runs_by_key: RunsByKey,
+    attempt_pods: AttemptPods,
     checkpoints_by_name: CheckpointsByName,
     checkpoints_by_files: CheckpointsByFiles,
     consumers_by_run: ConsumersByRun,
@@ -90,6 +92,8 @@ async def release_storage(
                 logger.info("%s is not a record of files; only the object goes", name)
                 return
             run = one(runs_by_key, (ns, info.run))
+            if run is not None:
+                run = state.protected(run, attempt_pods.get((ns, info.run), []))
             found = run_consumers(run or RunView(info.run, ns), consumers_by_run, pods_by_namespace)
             now = datetime.now(UTC)
 

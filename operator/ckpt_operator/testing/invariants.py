@@ -22,7 +22,8 @@ How each invariant is judged while records arrive (end-state checks: :mod:`.conv
   while its run lives, is unsafe too.
 * **verified resume** — an attempt's first worker names in ``CKPT_RESUME_FROM`` a full
   checkpoint that was Ready and not Terminating at its creation or within ``lag_s`` before
-  (the operator's watch lags), whose storage was not seen gone; later workers name the same.
+  (the operator's watch lags), whose storage was not seen gone (unless a user forced its
+  deletion: that overrides the protection on purpose); later workers name the same.
 * **newest resume** — no newer full checkpoint was Ready and not Terminating for the whole
   ``lag_s`` before that creation.
 * **crash convergence** — each (attempt, rank) pod is created once, attempt numbers never
@@ -101,6 +102,8 @@ class InvariantChecker:
         self._usable_since: dict[str, tuple[str, Key, float]] = {}
         self._usable_until: dict[str, float] = {}
         self._gone: dict[str, int] = {}
+        self._forced: set[str] = set()
+        """Checkpoints in ``_gone`` whose deletion was forced: a user's choice, not ours."""
         self._live_workers: dict[str, dict[str, int]] = {}
         self._others: dict[str, Body] = {}
         """Pods that are not attempt pods: the possible consumers."""
@@ -148,7 +151,7 @@ class InvariantChecker:
     def blockers(self, name: str) -> list[str]:
         """Why checkpoint ``name`` must keep its storage now; empty: it may go."""
         body = self.objects[CHECKPOINTS][name]
-        if (meta(body).get("annotations") or {}).get(names.ANNOTATION_FORCE_DELETE) == "true":
+        if _forced(body):
             return []
         run = str(body["spec"]["run"])
         run_body = self.objects[RUNS].get(run)
@@ -245,10 +248,13 @@ class InvariantChecker:
         if rec.type == COMMITTED:
             self.committed[(run, entry)] = rec.revision
             self._gone.pop(name, None)
+            self._forced.discard(name)
             return
         self.committed.pop((run, entry), None)
         self._gone[name] = rec.revision
         body = self.objects[CHECKPOINTS].get(name)
+        if body is not None and _forced(body):
+            self._forced.add(name)
         d = self._deletions.get(name)
         if d is not None and (body is None or meta(body).get("uid") == d.uid):
             self._judge(name, d, f"storage of {entry} seen gone")
@@ -361,7 +367,7 @@ class InvariantChecker:
                 state = "unknown" if body is None else f"{phase(body) or 'new'}"
                 state += ", Terminating" if body is not None and terminating(body) else ""
                 self.violate(VERIFIED_RESUME, f"resumes from {target[0]} ({state})", pod_name)
-            if target[0] in self._gone:
+            if target[0] in self._gone and target[0] not in self._forced:
                 gone = self._gone[target[0]]
                 self.violate(VERIFIED_RESUME, f"{target[0]} storage gone at {gone}", pod_name)
         newer = sorted(
@@ -408,3 +414,8 @@ class InvariantChecker:
 def _closed(record: Body) -> tuple[object, ...]:
     fields = ("phase", "exitCode", "reason", "action", "resumedFrom", "pod")
     return tuple(record.get(f) for f in fields)
+
+
+def _forced(checkpoint: Body) -> bool:
+    annotations = meta(checkpoint).get("annotations") or {}
+    return annotations.get(names.ANNOTATION_FORCE_DELETE) == "true"
