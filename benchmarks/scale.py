@@ -4,9 +4,12 @@ On a real local control plane with the real operator process:
 
 1. baseline: with almost nothing stored, API requests per restart and per deletion;
 2. load: ``--runs`` TrainingRuns and ``--checkpoints`` committed checkpoints (tiny files,
-   Checkpoint objects created through the API), created while the operator is down;
-3. first pass: the operator starts and handles every object it has never seen: verifies each
-   checkpoint (Ready with its own record), starts every run's attempt 0 (verified per second);
+   Checkpoint objects created through the API by 16 threads), created while the operator
+   runs, as trainers would register them;
+3. first pass: until the operator has verified every checkpoint (Ready with its own record)
+   and started every run's attempt 0 (verified per second, from the first creation).
+   ``--while-down`` creates the load with the operator stopped instead: it then meets every
+   object at once when it starts (the backlog after a long outage; see docs/operations.md);
 4. restart: the operator is SIGKILLed and started again over what it already handled: start to
    liveness, and to the first handled event (Kopf handles nothing before every index is listed:
    "indexes ready");
@@ -209,11 +212,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--checkpoints", type=int, default=50_000)
     parser.add_argument("--deletions", type=int, default=10_000)
+    parser.add_argument(
+        "--while-down", action="store_true", help="create the load with the operator stopped"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="scale-", dir="/tmp"))
     plane = ControlPlane(workdir=root / "plane", crds=[crdgen.crd(d) for d in crdgen.DEFINITIONS])
     stores = root / "stores"
-    figures: dict[str, Any] = {"runs": args.runs, "checkpoints": args.checkpoints}
+    figures: dict[str, Any] = {
+        "runs": args.runs,
+        "checkpoints": args.checkpoints,
+        "while_down": args.while_down,
+    }
     with plane, api_client(plane.kubeconfig) as api, ThreadPoolExecutor(16) as pool:
         client.CoreV1Api(api).create_namespace(
             client.V1Namespace(metadata=client.V1ObjectMeta(name=NS))
@@ -239,7 +249,9 @@ def main() -> None:
             operator.stop()
             log(f"baseline: {figures}")
 
-            # 2. the load, with the operator down
+            # 2. the load, with the operator running (or down: the backlog of an outage)
+            if not args.while_down:
+                operator.start()
             started = time.monotonic()
             runs = create_runs(api, "run", args.runs, stores, pool)
             by_run = create_checkpoints(api, runs, args.checkpoints, stores, pool)
@@ -247,8 +259,9 @@ def main() -> None:
             log(f"created {args.runs} runs and {args.checkpoints} checkpoints in {took:.0f} s")
 
             # 3. first pass: everything is new to the operator
-            started = time.monotonic()
-            operator.start(timeout=600)
+            if args.while_down:
+                started = time.monotonic()
+                operator.start(timeout=600)
             wait_for(
                 lambda: verified_count(api, "run-") >= args.checkpoints,
                 7200,

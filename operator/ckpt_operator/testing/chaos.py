@@ -43,6 +43,7 @@ from ckpt_operator.testing.history import (
     CHECKPOINTS,
     CRASH_CONVERGENCE,
     PODS,
+    RUNS,
     SAFE_DELETION,
     Body,
     Violation,
@@ -359,7 +360,7 @@ class Chaos:
                 self.result.violations += [self._stuck(p) for p in owed]
                 self.result.pods = [
                     self._pod_line(p) for p in self.observer.snapshot(PODS).values()
-                ]
+                ] + [_run_line(r) for r in self.observer.snapshot(RUNS).values()]
                 return None
             time.sleep(0.5)
 
@@ -398,3 +399,17 @@ class Chaos:
 
     def _stuck(self, problem: str) -> Violation:
         return Violation(CRASH_CONVERGENCE, self.observer.checker.revision, f"{STUCK}{problem}")
+
+
+def _run_line(run: Body) -> str:
+    """What a run that did not converge says of itself: its phase, last attempt, conditions."""
+    status = run.get("status") or {}
+    last = (status.get("attempts") or [{}])[-1]
+    conditions = [
+        f"{c.get('type')}={c.get('status')} {c.get('reason')}: {c.get('message')}"
+        for c in status.get("conditions") or []
+    ]
+    return (
+        f"run {meta(run).get('name')}: phase {status.get('phase')}, nextAttemptAfter "
+        f"{status.get('nextAttemptAfter')}, last attempt {last}; {'; '.join(conditions)}"
+    )

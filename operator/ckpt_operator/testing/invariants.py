@@ -103,7 +103,9 @@ class InvariantChecker:
         self._usable_until: dict[str, float] = {}
         self._gone: dict[str, int] = {}
         self._forced: set[str] = set()
-        """Checkpoints in ``_gone`` whose deletion was forced: a user's choice, not ours."""
+        """Checkpoints a user forced the deletion of (until new files of that name are
+        committed): their storage going is a user's choice, not ours. Remembered from the
+        object, which may be gone before the store poll sees its files go."""
         self._live_workers: dict[str, dict[str, int]] = {}
         self._others: dict[str, Body] = {}
         """Pods that are not attempt pods: the possible consumers."""
@@ -253,8 +255,6 @@ class InvariantChecker:
         self.committed.pop((run, entry), None)
         self._gone[name] = rec.revision
         body = self.objects[CHECKPOINTS].get(name)
-        if body is not None and _forced(body):
-            self._forced.add(name)
         d = self._deletions.get(name)
         if d is not None and (body is None or meta(body).get("uid") == d.uid):
             self._judge(name, d, f"storage of {entry} seen gone")
@@ -285,6 +285,8 @@ class InvariantChecker:
     def _checkpoint(self, name: str, rec: Record, before: Body | None, after: Body | None) -> None:
         body = after or before or rec.body
         run = str(body["spec"]["run"])
+        if _forced(rec.body):
+            self._forced.add(name)
         if after is not None:
             self._run_ckpts.setdefault(run, set()).add(name)
         else:
