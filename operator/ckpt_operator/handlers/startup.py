@@ -15,6 +15,7 @@ from ckpt_operator.config import OperatorConfig
 from ckpt_operator.handlers import admission
 from ckpt_operator.handlers.runtime import Runtime
 from ckpt_operator.handlers.webhook_server import WebhookServer
+from ckpt_operator.kube import kopf_gate
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def run(
 ) -> None:
     """Run the operator until stopped (SIGINT/SIGTERM or ``stop_flag``)."""
     kopf.configure(verbose=False)
+    kopf_gate.install()  # before kopf.run builds its start-up gate
     if config.webhook is not None:
         admission.register()
     kopf.run(

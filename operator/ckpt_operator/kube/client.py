@@ -17,6 +17,10 @@ from ckpt_operator.api import names
 
 T = TypeVar("T")
 
+REQUEST_TIMEOUT_S = 60.0
+"""No call waits longer (as Kopf's own requests): a connection that went silent must fail and
+be retried, never hang a run's controller or a finalizer for good."""
+
 _api: Any = None
 _api_lock: asyncio.Lock | None = None
 
@@ -62,10 +66,15 @@ async def _custom() -> Any:
     return client.CustomObjectsApi(await api_client())
 
 
+async def bounded(call: Awaitable[T]) -> T:
+    """``call``, cancelled with ``TimeoutError`` after :data:`REQUEST_TIMEOUT_S`."""
+    return await asyncio.wait_for(call, REQUEST_TIMEOUT_S)
+
+
 async def _unless(status: int, call: Awaitable[T]) -> T | None:
     """The call's result, or None when the API answers ``status`` (404: gone, 409: exists)."""
     try:
-        return await call
+        return await bounded(call)
     except Exception as exc:
         if status_of(exc) == status:
             return None
@@ -146,8 +155,8 @@ async def create_pod(namespace: str, body: dict[str, Any]) -> None:
 
     core: Any = client.CoreV1Api(await api_client())
     # Unparsed: turning the echoed pod into a V1Pod model costs more than the request.
-    response = await core.create_namespaced_pod(namespace, body, _preload_content=False)
-    data = await response.read()
+    response = await bounded(core.create_namespaced_pod(namespace, body, _preload_content=False))
+    data = await bounded(response.read())
     if not 200 <= response.status <= 299:
         raise client.exceptions.ApiException(status=response.status, reason=data[:2048])
 
@@ -185,9 +194,9 @@ async def apply_webhook_configuration(body: dict[str, Any]) -> None:
     name = body["metadata"]["name"]
     if await _unless(409, api.create_mutating_webhook_configuration(body)) is not None:
         return
-    current = await api.read_mutating_webhook_configuration(name)
+    current = await bounded(api.read_mutating_webhook_configuration(name))
     body = {
         **body,
         "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version},
     }
-    await api.replace_mutating_webhook_configuration(name, body)
+    await bounded(api.replace_mutating_webhook_configuration(name, body))
