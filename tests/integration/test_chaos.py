@@ -1,5 +1,6 @@
-"""Chaos (`make chaos`): the operator SIGKILLed at random instants (>= 30 times) while
-single-node runs and a gang fail and restart, checkpoints are saved, reported, expired and deleted.
+"""Chaos (in `make test`; `make chaos` alone): the operator SIGKILLed at random instants (>= 30
+times) while single-node runs and a gang fail and restart, checkpoints are saved, reported,
+expired and deleted.
 
 The invariant checker (``ckpt_operator.testing.invariants``) judges all six invariants of
 docs/design.md from the recorded history; the seed is printed (and named in any failure) for
