@@ -9,7 +9,8 @@ state (Kopf never waits on one member of it), so notifying only when that state 
 equivalent; with the members counted, deciding the state is O(1) too.
 
 :func:`install` replaces ``ToggleSet`` in Kopf's module before the operator starts (Kopf builds
-its sets when it runs). ``benchmarks/kopf_gate.py`` measures both side by side.
+its sets when it runs); Kopf is pinned to the minor version this was checked against
+(pyproject.toml). ``benchmarks/kopf_gate.py`` measures both side by side.
 """
 
 from __future__ import annotations
