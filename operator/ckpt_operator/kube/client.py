@@ -13,6 +13,9 @@ import json
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+import aiohttp
+import kopf
+
 from ckpt_operator.api import names
 
 T = TypeVar("T")
@@ -66,9 +69,25 @@ async def _custom() -> Any:
     return client.CustomObjectsApi(await api_client())
 
 
+class ApiUnavailable(kopf.TemporaryError):
+    """The API server could not answer now (restarting, overloaded, a connection cut): retried
+    soon, by Kopf for a handler (as a temporary error: a line in the log, no traceback) or by
+    the caller's own loop; never a verdict about the object."""
+
+
 async def bounded(call: Awaitable[T]) -> T:
-    """``call``, cancelled with ``TimeoutError`` after :data:`REQUEST_TIMEOUT_S`."""
-    return await asyncio.wait_for(call, REQUEST_TIMEOUT_S)
+    """``call``, cancelled after :data:`REQUEST_TIMEOUT_S`; :class:`ApiUnavailable` when the
+    API server cannot answer now."""
+    try:
+        return await asyncio.wait_for(call, REQUEST_TIMEOUT_S)
+    except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+        raise ApiUnavailable(f"the API server did not answer: {exc!r}", delay=2) from exc
+    except Exception as exc:
+        status = status_of(exc)
+        if status is not None and (status == 429 or status >= 500):
+            message = f"the API server answered {status}: {api_message(exc)}"
+            raise ApiUnavailable(message, delay=2) from exc
+        raise
 
 
 async def _unless(status: int, call: Awaitable[T]) -> T | None:

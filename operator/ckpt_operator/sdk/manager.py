@@ -19,7 +19,7 @@ from ckpt_operator.sdk.asyncsave import AsyncWriter
 from ckpt_operator.sdk.collective import DEFAULT_TIMEOUT_S, Collective, in_process_group
 from ckpt_operator.sdk.export import DEFAULT_MAX_SHARD_SIZE, config_dict, stage_hf
 from ckpt_operator.sdk.registry import CheckpointRecord, KubeRegistry, Registry
-from ckpt_operator.sdk.sharded import Outcome, agree, load_part, write_sharded
+from ckpt_operator.sdk.sharded import Outcome, agree, check_writable, load_part, write_sharded
 from ckpt_operator.sdk.state import (
     Staged,
     rng_state,
@@ -186,6 +186,10 @@ class CheckpointManager:
         background thread while training goes on; :meth:`wait` blocks until it is committed.
         Under torch.distributed every rank passes its own state (and gets the same URI).
         """
+        if self._format_given and in_process_group():
+            # Before the group is made: a rank failing inside it would fail its peers with a
+            # broken connection instead of this reason.
+            check_writable(self.format, torch.distributed.get_world_size())
         coll = self.collective()
         name = CheckpointName(step, self.attempt, self.format)
         try:

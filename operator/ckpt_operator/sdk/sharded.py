@@ -53,6 +53,16 @@ def shard_prefix(rank: int) -> str:
     return f"rank-{rank:05d}/"
 
 
+def check_writable(fmt: str, ranks: int) -> None:
+    """Refuse a format several ranks cannot write into one checkpoint (each rank decides
+    alone, before any collective, so all of them fail with this message)."""
+    if fmt != "dir":
+        raise ValueError(
+            f"format {fmt!r} cannot be written by {ranks} ranks: a tar is one "
+            "stream from one writer; use format 'dir' (or 'dcp')"
+        )
+
+
 def write_sharded(
     coll: Collective,
     store: Store,
@@ -69,11 +79,7 @@ def write_sharded(
     checkpoint was not committed. A rank whose state could not be staged passes ``error``
     instead of files, so the others fail with it rather than wait for its shard.
     """
-    if name.format != "dir":
-        raise ValueError(
-            f"format {name.format!r} cannot be written by {coll.size} ranks: a tar is one "
-            "stream from one writer; use format 'dir' (or 'dcp')"
-        )
+    check_writable(name.format, coll.size)
     if coll.is_leader:
         try:
             unique = prepare(store, name)
