@@ -12,6 +12,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -108,3 +110,36 @@ def run_ranks(world: int, body: Callable[[int], Any], out: Path, timeout_s: floa
         os.waitpid(pids[rank], 0)
     assert not hung, f"ranks {hung} hung past {timeout_s}s"
     return Ranks([statuses[r] for r in range(world)], out)
+
+
+def launch_script(
+    script: Path, world: int, env: dict[str, str], timeout_s: float = 150
+) -> tuple[list[int], list[str], list[str]]:
+    """Run ``script`` as ``world`` local processes with the env torchrun gives each rank (a
+    fresh interpreter each, as in a real job); exit codes, stdouts and stderrs per rank."""
+    base = {
+        **os.environ,
+        "WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+        **env,
+    }
+    base.pop("KUBECONFIG", None)  # no cluster: the SDK must not register with one
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(world)
+    ]
+    try:
+        outputs = [p.communicate(timeout=timeout_s) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return [p.returncode for p in procs], [o for o, _ in outputs], [e for _, e in outputs]

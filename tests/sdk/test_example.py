@@ -61,36 +61,16 @@ def test_example_under_two_ranks_saves_on_every_rank(tmp_path: Path) -> None:
     """As under torchrun: save is collective, so every rank calls it; rank 0 alone exports."""
     from ckpt_operator.storage.manifest import read_manifest
     from ckpt_operator.storage.store import Store
-    from tests.sdk.ranks import free_port
+    from tests.sdk.ranks import launch_script
 
-    base = {
-        **os.environ,
+    env = {
         "CKPT_STORE": f"file://{tmp_path}/run",
         "TOTAL_STEPS": "20",
         "SAVE_EVERY": "10",
         "EXPORT_EVERY": "20",
-        "WORLD_SIZE": "2",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": "1",
     }
-    base.pop("KUBECONFIG", None)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(EXAMPLE)],
-            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    try:
-        logs = [p.communicate(timeout=120)[1] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)
+    codes, _, logs = launch_script(EXAMPLE, 2, env, timeout_s=120)
+    assert codes == [0, 0], "\n".join(logs)
     entries = sorted(os.listdir(tmp_path / "run"))
     assert entries == [
         "step-0000000010.attempt-0",

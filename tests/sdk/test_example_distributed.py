@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 
-from tests.sdk.ranks import free_port
+from tests.sdk.ranks import launch_script
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_distributed.py"
 WORLD = 3
@@ -22,32 +20,10 @@ LINE = re.compile(r"^rank=(\d+) step=(\d+) loss=(\S+)$", re.MULTILINE)
 
 def launch(store: Path, **env: str) -> tuple[list[int], dict[tuple[int, int], str], str]:
     """Run the example on WORLD local processes; exit codes, ``(rank, step) -> loss``, logs."""
-    base = {
-        **os.environ,
-        "CKPT_STORE": f"file://{store}",
-        "TOTAL_STEPS": "30",
-        "SAVE_EVERY": "10",
-        "WORLD_SIZE": str(WORLD),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": "1",
-        **env,
-    }
-    base.pop("KUBECONFIG", None)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(EXAMPLE)],
-            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(WORLD)
-    ]
-    outputs = [p.communicate(timeout=150) for p in procs]
-    losses = {(int(r), int(s)): loss for out, _ in outputs for r, s, loss in LINE.findall(out)}
-    return [p.returncode for p in procs], losses, "\n".join(err for _, err in outputs)
+    env = {"CKPT_STORE": f"file://{store}", "TOTAL_STEPS": "30", "SAVE_EVERY": "10", **env}
+    codes, outs, errs = launch_script(EXAMPLE, WORLD, env)
+    losses = {(int(r), int(s)): loss for out in outs for r, s, loss in LINE.findall(out)}
+    return codes, losses, "\n".join(errs)
 
 
 def test_fail_one_rank_then_resume_bit_identically(tmp_path: Path) -> None:
