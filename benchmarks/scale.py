@@ -5,7 +5,10 @@ On a real local control plane with the real operator process:
 1. baseline: with almost nothing stored, API requests per restart and per deletion;
 2. load: ``--runs`` TrainingRuns and ``--checkpoints`` committed checkpoints (tiny files,
    Checkpoint objects created through the API by 16 threads), created while the operator
-   runs, as trainers would register them;
+   runs, as trainers would register them: at most ``--backlog`` wait for a verdict at any time
+   (read from the operator's metrics), so the load comes at the rate the operator sustains on
+   this machine rather than as one burst that the API server, the operator and this script
+   share two cores for; a busy API server's 429/5xx answers are retried, as the SDK does;
 3. first pass: until the operator has verified every checkpoint (Ready with its own record)
    and started every run's attempt 0 (verified per second, from the first creation).
    ``--while-down`` creates the load with the operator stopped instead: it then meets every
@@ -31,11 +34,14 @@ import json
 import os
 import statistics
 import tempfile
+import threading
 import time
+import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -51,7 +57,10 @@ from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.waiting import wait_for
 from ckpt_operator.views.checkpoint import operator_verified
 
+T = TypeVar("T")
+
 NS = "scale"
+TRANSIENT = (429, 500, 502, 503, 504)
 OPERATOR_RESOURCES = ("pods", "trainingruns", "checkpoints", "events", "services")
 
 
@@ -82,6 +91,53 @@ def operator_requests(before: Counter[Any], after: Counter[Any]) -> int:
     return total
 
 
+def retried(create: Callable[[], T]) -> T | None:
+    """``create()``, again after a busy API server's answer; None when the object exists: an
+    attempt that timed out created it after all, or the operator's store scan registered the
+    files first (as it may a real trainer's; the SDK takes that as registered too)."""
+    for attempt in range(8):
+        try:
+            return create()
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            if exc.status not in TRANSIENT or attempt == 7:
+                raise
+            time.sleep(min(8.0, 0.5 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+class Backlog:
+    """Admits a creation while fewer than ``limit`` created checkpoints wait for the operator's
+    verdict (its ``ckpt_operator_checkpoints_verified_total``); no limit without ``url``."""
+
+    def __init__(self, url: str | None, limit: int) -> None:
+        self.url, self.limit = url, limit
+        self.created = self.verified = 0
+        self.read_at = 0.0
+        self.lock = threading.Lock()
+
+    def admit(self) -> None:
+        while True:
+            with self.lock:
+                if self.url is None or self.created - self.verified < self.limit:
+                    self.created += 1
+                    return
+                if time.monotonic() - self.read_at > 0.5:
+                    self.verified, self.read_at = verified_total(self.url), time.monotonic()
+            time.sleep(0.05)
+
+
+def verified_total(url: str) -> int:
+    """Checkpoints the operator has given a verdict since it started, from its metrics."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    prefix = "ckpt_operator_checkpoints_verified_total{"
+    return int(
+        sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+    )
+
+
 def create_runs(
     api: Any, prefix: str, count: int, root: Path, pool: ThreadPoolExecutor
 ) -> list[str]:
@@ -90,8 +146,10 @@ def create_runs(
 
     def create(name: str) -> None:
         body = run_body(name, f"file://{root}/{name}", max_restarts=10)
-        custom.create_namespaced_custom_object(
-            names.GROUP, names.VERSION, NS, names.TRAINING_RUNS, body
+        retried(
+            lambda: custom.create_namespaced_custom_object(
+                names.GROUP, names.VERSION, NS, names.TRAINING_RUNS, body
+            )
         )
 
     list(pool.map(create, run_names))
@@ -103,7 +161,12 @@ Made = tuple[str, Path]
 
 
 def create_checkpoints(
-    api: Any, runs: list[str], total: int, root: Path, pool: ThreadPoolExecutor
+    api: Any,
+    runs: list[str],
+    total: int,
+    root: Path,
+    pool: ThreadPoolExecutor,
+    backlog: Backlog | None = None,
 ) -> dict[str, list[Made]]:
     """``total`` committed checkpoints spread over ``runs``; by run, oldest first."""
     custom = client.CustomObjectsApi(api)
@@ -113,10 +176,14 @@ def create_checkpoints(
     def make(job: tuple[str, int]) -> Made:
         run, step = job
         name = CheckpointName(step, 0, "dir")
+        if backlog is not None:
+            backlog.admit()
         write_checkpoint(root / run, run, step, payload=b"x" * 64)
         body = checkpoint_body(run, name)
-        custom.create_namespaced_custom_object(
-            names.GROUP, names.VERSION, NS, names.CHECKPOINTS, body
+        retried(
+            lambda: custom.create_namespaced_custom_object(
+                names.GROUP, names.VERSION, NS, names.CHECKPOINTS, body
+            )
         )
         return name.object_name(run), root / run / name.path
 
@@ -215,6 +282,9 @@ def main() -> None:
     parser.add_argument(
         "--while-down", action="store_true", help="create the load with the operator stopped"
     )
+    parser.add_argument(
+        "--backlog", type=int, default=200, help="most checkpoints awaiting a verdict at once"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="scale-", dir="/tmp"))
     plane = ControlPlane(workdir=root / "plane", crds=[crdgen.crd(d) for d in crdgen.DEFINITIONS])
@@ -223,6 +293,7 @@ def main() -> None:
         "runs": args.runs,
         "checkpoints": args.checkpoints,
         "while_down": args.while_down,
+        "backlog": None if args.while_down else args.backlog,
     }
     with plane, api_client(plane.kubeconfig) as api, ThreadPoolExecutor(16) as pool:
         client.CoreV1Api(api).create_namespace(
@@ -254,7 +325,9 @@ def main() -> None:
                 operator.start()
             started = time.monotonic()
             runs = create_runs(api, "run", args.runs, stores, pool)
-            by_run = create_checkpoints(api, runs, args.checkpoints, stores, pool)
+            metrics_url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
+            backlog = Backlog(None if args.while_down else metrics_url, args.backlog)
+            by_run = create_checkpoints(api, runs, args.checkpoints, stores, pool, backlog)
             took = time.monotonic() - started
             log(f"created {args.runs} runs and {args.checkpoints} checkpoints in {took:.0f} s")
 
