@@ -30,6 +30,10 @@ CHECKPOINTS_VERIFIED = Counter(
     "Checkpoints verified against their manifest, by outcome.",
     ["result"],
 )
+VERIFICATIONS_PENDING = Gauge(
+    "ckpt_operator_verifications_pending",
+    "Checkpoint verifications queued or in flight in this operator (a backlog waits here).",
+)
 CHECKPOINTS_REGISTERED = Counter(
     "ckpt_operator_checkpoints_registered_total",
     "Committed checkpoints found by the store scan with no Checkpoint object, and registered.",

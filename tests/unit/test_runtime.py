@@ -3,12 +3,14 @@ resume target however far the run's status lags."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
+from ckpt_operator import metrics
 from ckpt_operator.api.models import CheckpointRef
-from ckpt_operator.handlers.runtime import Runtime
+from ckpt_operator.handlers.runtime import VERIFY_CONCURRENCY, Runtime
 from ckpt_operator.views.pod import AttemptPod
 from ckpt_operator.views.run import RunView
 
@@ -55,3 +57,33 @@ def test_protected_adds_claimed_targets_and_those_of_live_workers() -> None:
     assert protected.resume_targets == {"in-status", "claimed", "in-pod"}
     assert state.protected(RunView("r", "ns"), []).resume_targets == {"claimed"}
     assert state.protected(RunView("other", "ns"), []).resume_targets == frozenset()
+
+
+def test_verifications_beyond_the_slots_wait_and_count_as_queued() -> None:
+    async def scenario() -> None:
+        state = Runtime()
+        inside, peak, release = 0, 0, asyncio.Event()
+
+        async def verify(name: str) -> None:
+            nonlocal inside, peak
+            async with state.verification("ns", name):
+                inside += 1
+                peak = max(peak, inside)
+                await release.wait()
+                inside -= 1
+                if name == "c0":
+                    raise RuntimeError("a failed verification frees its slot too")
+
+        pending = metrics.VERIFICATIONS_PENDING._value.get()
+        tasks = [asyncio.create_task(verify(f"c{i}")) for i in range(VERIFY_CONCURRENCY + 5)]
+        await asyncio.sleep(0.01)
+        assert inside == VERIFY_CONCURRENCY
+        assert len(state.verifying) == VERIFY_CONCURRENCY + 5
+        assert metrics.VERIFICATIONS_PENDING._value.get() == pending + VERIFY_CONCURRENCY + 5
+        release.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert peak == VERIFY_CONCURRENCY
+        assert not state.verifying
+        assert metrics.VERIFICATIONS_PENDING._value.get() == pending
+
+    asyncio.run(scenario())

@@ -25,3 +25,9 @@ def test_only_old_checkpoints_without_a_verdict_are_stalled() -> None:
         replace(waiting, name="unknown-age", created=None),
     ]
     assert stalled(cases, NOW) == [waiting]
+
+
+def test_a_checkpoint_queued_for_verification_is_not_stalled() -> None:
+    waiting = replace(ckpt(1), phase="Pending", created=NOW - 2 * STALLED_AFTER)
+    queued = replace(waiting, name="queued")
+    assert stalled([waiting, queued], NOW, {(queued.namespace, queued.name)}) == [waiting]

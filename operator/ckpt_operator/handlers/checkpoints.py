@@ -24,7 +24,7 @@ import kopf
 from ckpt_operator import metrics
 from ckpt_operator.api import conditions, names
 from ckpt_operator.handlers.indexes import CheckpointsByFiles, RunsByKey, one
-from ckpt_operator.handlers.runtime import Logger
+from ckpt_operator.handlers.runtime import Logger, runtime
 from ckpt_operator.handlers.selectors import CHECKPOINTS
 from ckpt_operator.kube import client as kube
 from ckpt_operator.kube.objects import owner_reference
@@ -116,16 +116,20 @@ async def verify(
     metadata: dict[str, Any] = {}
     if run is not None and not meta.get("ownerReferences") and run.uid:
         metadata["ownerReferences"] = [owner_reference(run.name, run.uid)]
-    update, annotations = await _check(body, info, checkpoints_by_files, run, memo, retry, logger)
-    # Written here, in this order, not through Kopf's patch: Kopf writes the body (with its
-    # "handled" mark) before the status, so a crash between the two would leave a Checkpoint
-    # marked handled that is never verified (crash convergence). Where the files are comes
-    # first: it is trusted only once the status below says the operator verified them.
-    if annotations:
-        metadata["annotations"] = annotations
-    if metadata:
-        await kube.patch_metadata(names.CHECKPOINTS, namespace or "", name, metadata)
-    await kube.patch_status(names.CHECKPOINTS, namespace or "", name, update)
+    async with runtime(memo).verification(namespace or "", name):
+        update, annotations = await _check(
+            body, info, checkpoints_by_files, run, memo, retry, logger
+        )
+        # Written here, in this order, not through Kopf's patch: Kopf writes the body (with
+        # its "handled" mark) before the status, so a crash between the two would leave a
+        # Checkpoint marked handled that is never verified (crash convergence). Where the
+        # files are comes first: it is trusted only once the status below says the operator
+        # verified them.
+        if annotations:
+            metadata["annotations"] = annotations
+        if metadata:
+            await kube.patch_metadata(names.CHECKPOINTS, namespace or "", name, metadata)
+        await kube.patch_status(names.CHECKPOINTS, namespace or "", name, update)
 
 
 @kopf.on.field(  # type: ignore[arg-type]  # see indexes
@@ -153,10 +157,11 @@ async def reverify(
     if status.get("phase") != "Deleting":
         info = CheckpointInfo.from_body(body)
         run = one(runs_by_key, (namespace or "", info.run))
-        update, annotations = await _check(
-            body, info, checkpoints_by_files, run, memo, retry, logger
-        )
-        await kube.patch_status(names.CHECKPOINTS, namespace or "", name, update)
+        async with runtime(memo).verification(namespace or "", name):
+            update, annotations = await _check(
+                body, info, checkpoints_by_files, run, memo, retry, logger
+            )
+            await kube.patch_status(names.CHECKPOINTS, namespace or "", name, update)
         patch.metadata.annotations.update(annotations)
     patch.metadata.annotations[names.ANNOTATION_VERIFY_REQUESTED] = None
 

@@ -84,7 +84,7 @@ async def maintain(
     if time.monotonic() - state.last_scan.get(key, float("-inf")) < config.scan_interval_s:
         return
     state.last_scan[key] = time.monotonic()
-    for checkpoint in stalled(checkpoints, datetime.now(UTC)):
+    for checkpoint in stalled(checkpoints, datetime.now(UTC), state.verifying):
         logger.warning("checkpoint %s has no verdict yet: verifying it again", checkpoint.name)
         requested = {names.ANNOTATION_VERIFY_REQUESTED: datetime.now(UTC).isoformat()}
         await kube.patch_metadata(

@@ -8,21 +8,28 @@ the same process) starts from a fresh one: nothing leaks between runs through mo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, cast
 
 import kopf
 
+from ckpt_operator import metrics
 from ckpt_operator.handlers.wakeups import DeletionSignals, RunWakeups
 from ckpt_operator.views.newest import NewestVerified
 from ckpt_operator.views.pod import AttemptPod
 from ckpt_operator.views.run import RunKey, RunView
 
 RECENT_S = 600.0
+VERIFY_CONCURRENCY = 16
+"""Verifications in flight at once. A backlog (thousands registered while the operator was
+busy or down) then waits here instead of in the API client's connection pool, where the
+request timeout ran out, each timeout cost Kopf a retry and a patch, and the watch fell behind
+until the API server closed it (and Kopf listed everything again)."""
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 """What Kopf passes handlers as ``logger``."""
@@ -70,6 +77,11 @@ class Runtime:
     """Resume targets of each run's live attempts as its controller last decided them, before
     the status saying so is written and watched back: a finalizer reading only the run's
     status could delete a target the controller has just chosen (see :meth:`protected`)."""
+    verifying: set[tuple[str, str]] = field(default_factory=set)
+    """Checkpoints whose verification this process has started or queued: no stall."""
+    verify_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(VERIFY_CONCURRENCY)
+    )
     indexed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once Kopf has listed every index (handlers run only then): admission waits for it."""
 
@@ -80,6 +92,19 @@ class Runtime:
         self.resume_claims.pop(key, None)
         self.store_errors.pop(key, None)
         self.newest.forget(key)
+
+    @contextlib.asynccontextmanager
+    async def verification(self, namespace: str, name: str) -> AsyncIterator[None]:
+        """One of :data:`VERIFY_CONCURRENCY` verification slots, known as queued meanwhile."""
+        key = (namespace, name)
+        self.verifying.add(key)
+        metrics.VERIFICATIONS_PENDING.inc()
+        try:
+            async with self.verify_slots:
+                yield
+        finally:
+            self.verifying.discard(key)
+            metrics.VERIFICATIONS_PENDING.dec()
 
     def protected(self, run: RunView, pods: Iterable[AttemptPod]) -> RunView:
         """``run`` with every live resume target: those its status records, those its

@@ -3,12 +3,13 @@
 Kopf handles a new object once; if that handling stalls (an API server timing out while Kopf
 adds its finalizer leaves the object with no further event to wake it), a Checkpoint could wait
 for verification until the operator restarts. The maintenance timer asks for a verification
-of such checkpoints, which is an event Kopf handles (crash convergence).
+of such checkpoints, which is an event Kopf handles (crash convergence). One waiting its turn
+for a verification slot is not stalled: asking again would only add a patch to the backlog.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 
 from ckpt_operator.views.checkpoint import CheckpointInfo
@@ -18,14 +19,19 @@ STALLED_AFTER = timedelta(minutes=5)
 
 
 def stalled(
-    checkpoints: Iterable[CheckpointInfo], now: datetime, after: timedelta = STALLED_AFTER
+    checkpoints: Iterable[CheckpointInfo],
+    now: datetime,
+    queued: Collection[tuple[str, str]] = (),
+    after: timedelta = STALLED_AFTER,
 ) -> list[CheckpointInfo]:
-    """Checkpoints without a verdict (``Pending``) registered more than ``after`` ago."""
+    """Checkpoints without a verdict (``Pending``) registered more than ``after`` ago, except
+    those whose ``(namespace, name)`` is ``queued`` for verification now."""
     return [
         c
         for c in checkpoints
         if c.phase == "Pending"
         and not c.terminating
+        and (c.namespace, c.name) not in queued
         and c.created is not None
         and now - c.created > after
     ]
