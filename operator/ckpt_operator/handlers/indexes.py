@@ -20,6 +20,23 @@ from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.pod import AttemptPod, ConsumerView
 from ckpt_operator.views.run import RunKey, RunView
 
+_last_view: tuple[tuple[str, str], CheckpointInfo] | None = None
+
+
+def checkpoint_view(body: kopf.Body) -> CheckpointInfo:
+    """The view of a Checkpoint event, made once for the three indexes Kopf calls in turn with
+    the same body (keyed by uid and resourceVersion): one object in memory instead of three,
+    and a third of the work, for each of 50,000 checkpoints an operator start lists."""
+    global _last_view
+    meta = body.get("metadata") or {}
+    key = (str(meta.get("uid") or ""), str(meta.get("resourceVersion") or ""))
+    if _last_view is not None and all(key) and _last_view[0] == key:
+        return _last_view[1]
+    info = CheckpointInfo.from_body(body)  # never raises: a raising index function is retried
+    _last_view = key, info
+    return info
+
+
 CheckpointsByRun = kopf.Index[RunKey, CheckpointInfo]
 CheckpointsByName = kopf.Index[tuple[str, str], CheckpointInfo]
 CheckpointsByFiles = kopf.Index[tuple[str, str, str], CheckpointInfo]
@@ -34,7 +51,7 @@ async def checkpoints_by_run(
     body: kopf.Body, namespace: str | None, **_: Any
 ) -> dict[RunKey, CheckpointInfo]:
     """Every Checkpoint, grouped by its run: ``checkpoints_by_run[(ns, run)]``."""
-    info = CheckpointInfo.from_body(body)  # never raises: a raising index function is retried
+    info = checkpoint_view(body)
     return {(namespace or "", info.run): info}
 
 
@@ -43,7 +60,7 @@ async def checkpoints_by_name(
     body: kopf.Body, namespace: str | None, name: str, **_: Any
 ) -> dict[tuple[str, str], CheckpointInfo]:
     """Every Checkpoint by its name: the live record a deletion decision checks."""
-    return {(namespace or "", name): CheckpointInfo.from_body(body)}
+    return {(namespace or "", name): checkpoint_view(body)}
 
 
 @kopf.index(*CHECKPOINTS)
@@ -52,7 +69,7 @@ async def checkpoints_by_files(
 ) -> dict[tuple[str, str, str], CheckpointInfo]:
     """Every Checkpoint by the files it names, ``[(ns, run, path)]``: which one is their record
     (``policy.records``) is decided from these alone, not from all the run's checkpoints."""
-    info = CheckpointInfo.from_body(body)
+    info = checkpoint_view(body)
     return {(namespace or "", info.run, info.path): info}
 
 

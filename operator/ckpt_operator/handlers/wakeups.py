@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, cast
 import kopf
 
 from ckpt_operator.api import names
+from ckpt_operator.handlers.indexes import checkpoint_view
 from ckpt_operator.handlers.selectors import CHECKPOINTS, TRAINING_RUNS
-from ckpt_operator.views.checkpoint import CheckpointInfo
 from ckpt_operator.views.run import RunKey
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ async def checkpoint_changed(
     ns = namespace or ""
     state = cast("Runtime", memo.runtime)
     if type != "DELETED":
-        state.newest.note(CheckpointInfo.from_body(body))
+        state.newest.note(checkpoint_view(body))
     state.run_wakeups.kick_soon((ns, str(body.spec.get("run", ""))), CHECKPOINT_COALESCE_S)
     if type == "DELETED":
         state.signals.notify(ns, GONE)
