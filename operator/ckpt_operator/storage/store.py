@@ -9,6 +9,7 @@ itself must lie inside one of the operator's allowed roots when those are given.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
@@ -116,11 +117,17 @@ class Store:
         """True when paths from :meth:`resolve` are local paths usable with ``os``."""
         return self.protocol == "file"
 
+    @functools.cached_property
+    def _real_root(self) -> str:
+        """The root with symlinks resolved, once per store: a root moved behind a symlink
+        later only makes paths resolve outside it (refused), never inside."""
+        return os.path.realpath(self.root_path)
+
     def resolve(self, rel: str) -> str:
         """The filesystem path of ``rel``, refused unless it stays inside the root."""
         clean = _clean(rel, rel)
         path = f"{self.root_path}/{clean}" if clean else self.root_path
-        if self.is_local and not _inside(os.path.realpath(path), os.path.realpath(self.root_path)):
+        if self.is_local and not _inside(os.path.realpath(path), self._real_root):
             raise PathEscapeError(rel, f"resolves outside {self.root_uri} through a symlink")
         return path
 
