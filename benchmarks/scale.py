@@ -123,7 +123,7 @@ class Backlog:
                 if self.url is None or self.created - self.verified < self.limit:
                     self.created += 1
                     return
-                if time.monotonic() - self.read_at > 0.5:
+                if time.monotonic() - self.read_at > 2.0:  # a scrape costs the operator CPU
                     self.verified, self.read_at = verified_total(self.url), time.monotonic()
             time.sleep(0.05)
 
