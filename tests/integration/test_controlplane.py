@@ -17,8 +17,11 @@ from ckpt_operator.testing import devserver
 pytestmark = pytest.mark.integration
 
 _OWNER = """
-import json, sys, time
+import json, signal, sys, time
 from ckpt_operator.testing.controlplane import ControlPlane
+# A test run started in the background by a shell without job control inherits SIGINT
+# ignored, and Python then never turns Ctrl-C into KeyboardInterrupt: act as a terminal would.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 with ControlPlane(controller_manager=True) as plane:
     print(json.dumps([p.popen.pid for p in plane.processes]), flush=True)
     time.sleep(600)
