@@ -26,8 +26,9 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
     }
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        # Longer than any --timeout a test gives helm, so helm reports what it waited for.
         proc = subprocess.run(
-            [str(binary), *args], env=env, capture_output=True, text=True, timeout=120
+            [str(binary), *args], env=env, capture_output=True, text=True, timeout=300
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stderr}")

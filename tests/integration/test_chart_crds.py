@@ -58,7 +58,17 @@ def _delete_crds(api: Any) -> None:
     for name in OURS:
         if _crd(api, name) is not None:
             client.ApiextensionsV1Api(api).delete_custom_resource_definition(name)
-    _wait(lambda: all(_crd(api, name) is None for name in OURS), "the CRDs to go")
+    _wait(
+        lambda: all(_crd(api, name) is None for name in OURS),
+        "the CRDs to go",
+        timeout=CRD_DELETION_TIMEOUT_S,
+    )
+
+
+# The API server's CRD finalizer sometimes finds a CRD's storage re-initializing as it deletes
+# it ("storage is (re)initializing") and retries only after its minute-long poll: one CRD can
+# take over a minute to go, and it handles CRDs one at a time (seen rarely, in CI and here).
+CRD_DELETION_TIMEOUT_S = 280
 
 
 def _wait(check: Any, what: str, timeout: float = 30.0) -> None:
@@ -131,8 +141,12 @@ def test_crds_are_upgraded_with_the_release_and_kept_on_uninstall(
     helm("install", "ckpt", str(CHART), *common, *roots)
     helm("upgrade", "ckpt", str(CHART), *common, "--reuse-values", "--set", "crds.keep=false")
     assert "helm.sh/resource-policy" not in (_crd(api, OURS[0]).metadata.annotations or {})
-    helm("uninstall", "ckpt", *common, "--wait")
-    _wait(lambda: all(_crd(api, name) is None for name in OURS), "CRDs deleted with the release")
+    helm("uninstall", "ckpt", *common, "--wait", "--timeout", f"{CRD_DELETION_TIMEOUT_S}s")
+    _wait(
+        lambda: all(_crd(api, name) is None for name in OURS),
+        "CRDs deleted with the release",
+        timeout=CRD_DELETION_TIMEOUT_S,
+    )
 
 
 def test_crds_applied_by_hand_are_adopted_as_the_chart_readme_says(
