@@ -10,7 +10,7 @@ from typing import Any
 
 from ckpt_operator import metrics
 from ckpt_operator.api.models import CheckpointRef
-from ckpt_operator.handlers.runtime import VERIFY_CONCURRENCY, Runtime
+from ckpt_operator.handlers.runtime import VERIFY_CONCURRENCY, RecentlyDeleted, Runtime
 from ckpt_operator.views.pod import AttemptPod
 from ckpt_operator.views.run import RunView
 
@@ -87,3 +87,25 @@ def test_verifications_beyond_the_slots_wait_and_count_as_queued() -> None:
         assert metrics.VERIFICATIONS_PENDING._value.get() == pending
 
     asyncio.run(scenario())
+
+
+def test_recently_deleted_forgets_after_keep_s_counting_from_the_latest_note(
+    monkeypatch: Any,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("ckpt_operator.handlers.runtime.time.monotonic", lambda: clock[0])
+    recent = RecentlyDeleted(keep_s=10)
+    recent.note("ns", "a")
+    clock[0] = 103
+    recent.note("ns", "b")
+    clock[0] = 106
+    recent.note("ns", "a")  # noted again: kept 10 s from now, behind "b"
+    clock[0] = 114
+    recent.note("ns", "c")  # "b" expires here, though "a" was noted first
+    assert ("ns", "a") in recent and ("ns", "c") in recent
+    assert ("ns", "b") not in recent
+    assert list(recent._when) == [("ns", "a"), ("ns", "c")], "expired entries are dropped"
+    clock[0] = 117
+    recent.note("ns", "d")
+    assert ("ns", "a") not in recent
+    assert list(recent._when) == [("ns", "c"), ("ns", "d")]
