@@ -16,8 +16,10 @@ On a real local control plane with the real operator process:
 4. restart: the operator is SIGKILLed and started again over what it already handled: start to
    liveness, and to the first handled event (Kopf handles nothing before every index is listed:
    "indexes ready");
-5. restarts: every run's attempt-0 pod fails; latency until this script's watch sees the
-   attempt-1 pod (p50/p99), and requests per restart;
+5. restarts: every run's attempt-0 pod fails, half of them one by one at ``--restart-rate``
+   a second (failures as they come in steady operation), then the other half at once (a burst
+   that queues on the API server's write throughput); latency until this script's watch sees
+   the attempt-1 pod (p50/p99 of each), and requests per restart;
 6. deletions: ``--deletions`` checkpoints (the oldest of each run) deleted at once;
    deletions/s until every file is gone, and requests per deletion.
 
@@ -52,7 +54,13 @@ from ckpt_operator.storage.layout import CheckpointName
 from ckpt_operator.testing.checkpoints import write_checkpoint
 from ckpt_operator.testing.cluster import run_body
 from ckpt_operator.testing.controlplane import ControlPlane, api_client
-from ckpt_operator.testing.measure import PodWatch, fail_all, percentile, request_counts
+from ckpt_operator.testing.measure import (
+    PodWatch,
+    fail_all,
+    fail_paced,
+    percentile,
+    request_counts,
+)
 from ckpt_operator.testing.operator_process import OperatorProcess
 from ckpt_operator.testing.waiting import wait_for
 from ckpt_operator.views.checkpoint import operator_verified
@@ -236,11 +244,13 @@ def pods_exist(api: Any, wanted: set[str]) -> bool:
     return wanted <= present
 
 
-def restarts(api: Any, runs: list[str]) -> tuple[list[float], float]:
-    """Fail every attempt-0 pod; latencies to the attempt-1 pod, and requests per restart."""
+def restarts(api: Any, runs: list[str], per_s: float | None = None) -> tuple[list[float], float]:
+    """Fail every attempt-0 pod, ``per_s`` a second or all at once; latencies to the attempt-1
+    pod, and requests per restart."""
     before = request_counts(api)
     watcher = PodWatch(api, NS, names.LABEL_RUN)
-    started = fail_all(api, NS, [names.attempt_pod_name(r, 0) for r in runs])
+    pods = [names.attempt_pod_name(r, 0) for r in runs]
+    started = fail_paced(api, NS, pods, per_s) if per_s else fail_all(api, NS, pods)
     nxt = {names.attempt_pod_name(r, 0): names.attempt_pod_name(r, 1) for r in runs}
     wait_for(lambda: all(p in watcher.seen for p in nxt.values()), 900, "attempt-1 pods", 0.1)
     watcher.stop()
@@ -284,6 +294,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--backlog", type=int, default=200, help="most checkpoints awaiting a verdict at once"
+    )
+    parser.add_argument(
+        "--restart-rate", type=float, default=10.0, help="paced failures a second (step 5)"
     )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="scale-", dir="/tmp"))
@@ -365,11 +378,17 @@ def main() -> None:
             log(f"restart: {figures}")
             time.sleep(10)
 
-            # 5. restarts under load
-            lat, figures["requests_per_restart"] = restarts(api, runs)
-            figures["restart_p50_s"] = round(percentile(lat, 0.5), 3)
-            figures["restart_p99_s"] = round(percentile(lat, 0.99), 3)
-            figures["restart_mean_s"] = round(statistics.mean(lat), 3)
+            # 5. restarts under load: paced, then a burst
+            half = len(runs) // 2
+            for how, group, per_s in (
+                ("paced", runs[:half], args.restart_rate),
+                ("burst", runs[half:], None),
+            ):
+                lat, figures[f"requests_per_restart_{how}"] = restarts(api, group, per_s)
+                figures[f"restart_{how}_p50_s"] = round(percentile(lat, 0.5), 3)
+                figures[f"restart_{how}_p99_s"] = round(percentile(lat, 0.99), 3)
+                figures[f"restart_{how}_mean_s"] = round(statistics.mean(lat), 3)
+                time.sleep(10)
             log(f"restarts: {figures}")
 
             # 6. deletions under load: every run's newest stays (it is protected); the oldest go

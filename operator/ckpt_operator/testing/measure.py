@@ -95,6 +95,20 @@ def fail_all(api: Any, namespace: str, pods: Iterable[str], workers: int = 16) -
     return started
 
 
+def fail_paced(api: Any, namespace: str, pods: Iterable[str], per_s: float) -> dict[str, float]:
+    """Mark pods Failed one at a time, ``per_s`` a second (failures as they come in steady
+    operation, not a burst); returns each pod's time just before its write."""
+    core = client.CoreV1Api(api)
+    started: dict[str, float] = {}
+    due = time.monotonic()
+    for name in pods:
+        time.sleep(max(0.0, due - time.monotonic()))
+        started[name] = time.monotonic()
+        core.patch_namespaced_pod_status(name, namespace, failed_status())
+        due += 1 / per_s
+    return started
+
+
 _SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 
 
