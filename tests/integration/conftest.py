@@ -12,6 +12,11 @@ from ckpt_operator.testing.binaries import ensure_binaries
 
 Helm = Callable[..., subprocess.CompletedProcess[str]]
 
+CRD_DELETION_TIMEOUT_S = 280
+"""The API server's CRD finalizer sometimes finds a CRD's storage re-initializing as it deletes
+it ("storage is (re)initializing") and retries only after its minute-long poll: one CRD can
+take over a minute to go, and it handles CRDs one at a time (seen rarely, in CI and here)."""
+
 
 @pytest.fixture(scope="session")
 def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:

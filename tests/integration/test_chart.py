@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +30,7 @@ from typer.testing import CliRunner
 from ckpt_operator.api import crdgen
 from ckpt_operator.testing.binaries import KUBERNETES_VERSION
 from ckpt_operator.testing.controlplane import install_crds
+from tests.integration.conftest import CRD_DELETION_TIMEOUT_S, Helm
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,6 @@ KOPF_CRDS = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 PEERING_KINDS = ("ClusterKopfPeering", "KopfPeering")
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
-Helm = Callable[..., subprocess.CompletedProcess[str]]
 Manifest = list[dict[str, Any]]
 
 # --------------------------------------------------------------------------------------------
@@ -128,7 +127,9 @@ def delete_quietly(dyn: DynamicClient, obj: dict[str, Any]) -> None:
         api.delete(name=obj["metadata"]["name"], namespace=namespace)
 
 
-def delete_crds_and_wait(k8s: Any, names: list[str], timeout: float = 280.0) -> None:
+def delete_crds_and_wait(
+    k8s: Any, names: list[str], timeout: float = CRD_DELETION_TIMEOUT_S
+) -> None:
     extensions = client.ApiextensionsV1Api(k8s)
     for name in names:
         try:

@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from ckpt_operator.api import crdgen
 from ckpt_operator.testing.binaries import ensure_binaries
 from ckpt_operator.testing.controlplane import ControlPlane, api_client, install_crds
-from tests.integration.conftest import Helm
+from tests.integration.conftest import CRD_DELETION_TIMEOUT_S, Helm
 
 pytestmark = pytest.mark.integration
 
@@ -63,12 +63,6 @@ def _delete_crds(api: Any) -> None:
         "the CRDs to go",
         timeout=CRD_DELETION_TIMEOUT_S,
     )
-
-
-# The API server's CRD finalizer sometimes finds a CRD's storage re-initializing as it deletes
-# it ("storage is (re)initializing") and retries only after its minute-long poll: one CRD can
-# take over a minute to go, and it handles CRDs one at a time (seen rarely, in CI and here).
-CRD_DELETION_TIMEOUT_S = 280
 
 
 def _wait(check: Any, what: str, timeout: float = 30.0) -> None:
